@@ -1,0 +1,268 @@
+"""The pre-training loop: ``train(config, workdir)``.
+
+Builds everything from the config (`build`), creates or restores the train
+state, and runs the jitted `train_step` over a batch source, writing metrics
+(`flatness.metric_writers`) and checkpoints (`flatness.checkpointing`).
+Rerunning with the same workdir resumes exactly: the checkpoint holds the state,
+the base PRNG key (step ``s`` uses ``fold_in(key, s)``) and the index of the
+next batch.
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from data_gen import registry
+from flatness import checkpointing
+from flatness import evaluation
+from flatness import input_pipeline
+from flatness import metric_writers
+from flatness import optimizers
+from flatness import preemption
+from flatness import run_config
+from flatness import sharding
+from flatness import train_step as train_step_lib
+from flatness.model import Transformer, TransformerConfig, init_params, param_count
+from flatness.objectives import Objective
+
+CONFIG_JSON = "config.json"
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or gradient became NaN/inf; the last good checkpoint is left intact."""
+
+
+@dataclasses.dataclass
+class Setup:
+  """What a config builds: shared by training, measurement and downstream evaluation."""
+  config: ml_collections.ConfigDict
+  language: Any
+  model_cfg: TransformerConfig
+  objective: Objective
+  mesh: Any
+  tx: Any
+  schedule: Any
+
+  def abstract_state(self):
+    """Shapes, dtypes and shardings of the train state, without allocating it."""
+    shapes = jax.eval_shape(self._init, jax.random.key(0))
+    rep = sharding.replicated(self.mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
+
+  def create_state(self, rng) -> train_step_lib.TrainState:
+    return jax.jit(self._init, out_shardings=sharding.replicated(self.mesh))(rng)
+
+  def _init(self, rng):
+    return train_step_lib.init_state(init_params(self.model_cfg, rng), self.tx)
+
+
+def build(config, *, language=None, mesh=None) -> Setup:
+  """Validates ``config`` and builds the language, model, objective and optimizer."""
+  mesh = mesh or sharding.make_mesh()
+  run_config.check_train(config, mesh.size)
+  language = language or registry.make_language(config.data)
+  model_cfg = run_config.model_config(config.model, language.vocab_size, language.max_length)
+  objective = Objective(Transformer(model_cfg), run_config.masking_spec(config.get("masking")))
+  steps = int(config.train.num_steps)
+  return Setup(config, language, model_cfg, objective, mesh,
+               optimizers.make_optimizer(config.optimizer, steps),
+               optimizers.make_schedule(config.optimizer, steps))
+
+
+def make_source(setup: Setup, labels=()) -> input_pipeline.BatchSource:
+  """The training batch source named by ``config.data.source``."""
+  data, t = setup.config.data, setup.config.train
+  kind = data.get("source", "stream")
+  if kind == "stream":
+    return input_pipeline.LanguageStream(setup.language, t.batch_size,
+                                         seed=int(setup.config.seed), labels=labels)
+  if kind == "dataset":
+    from data_gen import datasets  # pylint: disable=g-import-not-at-top
+    records = datasets.load_split(data, "train")
+    return input_pipeline.ArraySource(records, t.batch_size, seed=int(setup.config.seed),
+                                      width=setup.model_cfg.seq_len - 2)
+  raise ValueError(f"data.source: unknown source {kind!r}; choose 'stream' or 'dataset'")
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: train_step_lib.TrainState
+  step: int
+  eval_metrics: dict
+  preempted: bool = False
+
+
+def _check_resume_compatible(workdir: str, config) -> None:
+  path = os.path.join(workdir, CONFIG_JSON)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  fields = run_config.incompatible_fields(saved, config.to_dict())
+  if fields:
+    raise checkpointing.IncompatibleCheckpointError(
+        f"workdir {workdir} holds a checkpoint of a different run: config field(s) "
+        + ", ".join(f"{f} (saved {_get(saved, f)!r}, now {_get(config.to_dict(), f)!r})"
+                    for f in fields[:6])
+        + " differ. Use a new --workdir, or restore the saved values.")
+
+
+def _get(d, dotted):
+  for part in dotted.split("."):
+    if not isinstance(d, dict) or part not in d:
+      return None
+    d = d[part]
+  return d
+
+
+def _write_config(workdir: str, config) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, CONFIG_JSON), "w") as f:
+      json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+
+
+def train(config, workdir: str, *, setup: Setup | None = None,
+          source: input_pipeline.BatchSource | None = None,
+          validation: evaluation.ValidationSet | None = None,
+          loss_transform=None, labels=(), stop_after: int | None = None) -> TrainResult:
+  """Pre-trains per ``config``; resumes if ``workdir`` holds a checkpoint.
+
+  Args:
+    config: experiment config (see experiments/configs/pretrain.py).
+    workdir: run directory: checkpoints, config.json, metrics.jsonl, tensorboard/.
+    setup: a prebuilt `Setup` (default: ``build(config)``).
+    source: training batches (default: `make_source`).
+    validation: evaluation set (default: ``config.data.num_validation`` sentences
+      of the language with their exact conditionals).
+    loss_transform: passed to `make_train_step` (the adversarial algorithm).
+    labels: downstream tasks whose labels the batches must carry.
+    stop_after: stop (with a checkpoint) once this many steps are done in total,
+      even if ``config.train.num_steps`` is larger; a later call continues.
+  """
+  setup = setup or build(config)
+  t = config.train
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=int(t.max_to_keep),
+                                    keep_every=int(t.get("keep_every", 0)))
+  writer = metric_writers.MetricWriter(workdir)
+  try:
+    return _train(config, workdir, setup, ckpt, writer, source, validation, loss_transform,
+                  labels, stop_after)
+  finally:
+    ckpt.close()
+    writer.close()
+
+
+def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transform, labels,
+           stop_after):
+  t = config.train
+  base_key = jax.random.key(int(config.seed))
+  start = ckpt.latest_step()
+  if start is not None:
+    _check_resume_compatible(workdir, config)
+    restored = ckpt.restore(start, setup.abstract_state())
+    state, position = restored.state, int(restored.meta["data_position"])
+    base_key = jax.random.wrap_key_data(np.asarray(restored.meta["rng"], np.uint32))
+    writer.drop_after(start)
+    logging.info("Resumed from step %d of %s", start, workdir)
+  else:
+    start, position = 0, 0
+    state = setup.create_state(jax.random.fold_in(base_key, 0))
+  _write_config(workdir, config)
+  n_params = param_count(state.params)
+  logging.info("Model: %d parameters; mesh %s over %d devices (%d processes)", n_params,
+               dict(setup.mesh.shape), setup.mesh.size, jax.process_count())
+  validation = validation or evaluation.ValidationSet.from_language(
+      setup.language, int(config.data.num_validation), seed=int(config.seed),
+      causal=setup.model_cfg.causal)
+  source = source or make_source(setup, labels)
+
+  step_fn = train_step_lib.make_train_step(
+      setup.objective, setup.tx, schedule=setup.schedule,
+      grad_accum_steps=int(t.grad_accum_steps), loss_transform=loss_transform)
+  rep, data = sharding.replicated(setup.mesh), sharding.batch_sharding(setup.mesh)
+  jitted = jax.jit(step_fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                   donate_argnums=(0,))
+
+  num_steps = int(t.num_steps) if stop_after is None else min(int(t.num_steps), stop_after)
+  batches = input_pipeline.prefetch(source.batches(position), size=int(t.get("prefetch", 2)))
+  guard = preemption.PreemptionGuard()
+  pending: list[tuple[int, dict]] = []   # device metrics not yet fetched
+  tokens_since, timer, eval_metrics = 0, None, {}
+
+  def flush_metrics(step):
+    nonlocal tokens_since, timer
+    fetched = jax.device_get(pending)
+    pending.clear()
+    for s, m in fetched:
+      if not m["finite"]:
+        raise NonFiniteLossError(
+            f"non-finite loss at step {s} (loss={float(m['loss'])}, objective="
+            f"{float(m.get('objective', m['loss']))}, grad_norm="
+            f"{float(m['grad_norm'])}); stopped without saving, so the last good checkpoint "
+            f"({ckpt.latest_step()}) in {workdir} is intact. Try a lower "
+            "optimizer.learning_rate or set optimizer.clip_norm.")
+    if not fetched:
+      return
+    last_step, last = fetched[-1]
+    scalars = {f"train/{k}": v for k, v in last.items() if k not in ("finite", "predictions")}
+    now = time.perf_counter()
+    if timer is not None:
+      t0, s0 = timer
+      scalars["perf/steps_per_sec"] = (step - s0) / (now - t0)
+      scalars["perf/tokens_per_sec"] = tokens_since / (now - t0)
+    timer, tokens_since = (now, step), 0
+    writer.write_scalars(last_step, scalars)
+    logging.info("step %d: train/loss=%.4f%s", last_step, float(last["loss"]),
+                 f" ({scalars['perf/steps_per_sec']:.1f} steps/s)"
+                 if "perf/steps_per_sec" in scalars else "")
+
+  def save(step):
+    flush_metrics(step)
+    if ckpt.latest_step() == step:
+      return
+    key_data = np.asarray(jax.random.key_data(base_key)).tolist()
+    ckpt.save(step, state, dict(step=step, data_position=position, rng=key_data,
+                                num_params=n_params))
+
+  step = start
+  try:
+    while step < num_steps:
+      local = next(batches)
+      tokens_since += int(np.sum(local["lengths"]) + 2 * len(local["lengths"])) * jax.process_count()
+      state, metrics = jitted(state, sharding.global_batch(local, setup.mesh),
+                              jax.random.fold_in(base_key, step))
+      step += 1
+      position += 1
+      pending.append((step, metrics))
+      if step % int(t.log_every) == 0 or step == num_steps:
+        flush_metrics(step)
+      if step % int(t.eval_every) == 0 or step == num_steps:
+        flush_metrics(step)
+        eval_metrics = evaluation.evaluate(setup.objective, state.params, validation,
+                                           mesh=setup.mesh, batch_size=int(t.eval_batch_size))
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+        logging.info("step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+        timer = None   # evaluation time is not training time
+      if step % int(t.checkpoint_every) == 0 or step == num_steps:
+        save(step)
+      if guard.should_stop(step):
+        save(step)
+        ckpt.wait()
+        logging.warning("Preempted: saved step %d and stopping", step)
+        return TrainResult(state, step, eval_metrics, preempted=True)
+    if ckpt.latest_step() != step:
+      save(step)
+    ckpt.wait()
+    writer.flush()
+    return TrainResult(state, step, eval_metrics)
+  finally:
+    guard.close()

@@ -1,0 +1,31 @@
+"""Test session setup: 8 fake CPU devices, so sharding is exercised on any machine.
+
+XLA reads the device count when JAX initialises its backend, so this must run
+before anything imports jax; pytest imports conftest.py first.
+"""
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import tempfile  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+logging.set_verbosity(logging.WARNING)
+
+# Many tests build the same tiny computations from fresh closures; the persistent
+# compilation cache (keyed on the HLO) compiles each of them once per session.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("FLATNESS_TEST_JAX_CACHE", tempfile.mkdtemp(prefix="jaxcache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+  return str(tmp_path / "run")
