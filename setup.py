@@ -27,6 +27,7 @@ setuptools.setup(
         "matfree>=0.3",
         "tensorboardX>=2.6",
         "tensorflow-datasets>=4.9.7",
+        "importlib_resources",   # tensorflow-datasets imports it without declaring it
         "array-record>=0.5",
         "matplotlib>=3.8",
     ],

@@ -59,14 +59,13 @@ class Language(abc.ABC):
 
   @abc.abstractmethod
   def conditionals(self, tokens, lengths, mask=None) -> np.ndarray:
-    """float [n, L, V] exact conditionals of each position.
+    """float [n, L, V]: ``p(x_i = w | x_j for every unmasked j != i)``.
 
-    Without ``mask``: ``p(x_i = w | x_{-i})`` for every position ``i`` (each
-    position masked alone; the paper's "lookup table"). With a bool ``mask``
-    [n, L]: ``p(x_i = w | x_j for unmasked j)`` at every masked position
-    (marginalising the other masked positions; what a masked LM predicts at
-    each masked position); rows of unmasked positions are one-hot. Rows past
-    a sentence's length are zero.
+    Without ``mask`` (nothing else masked) row ``i`` is the single-masked
+    conditional ``p(x_i | x_{-i})``: the paper's "lookup table". With a bool
+    ``mask`` [n, L], the words at masked positions are unknown and
+    marginalised: row ``i`` of a masked position is what an ideal masked LM
+    predicts there. Rows past a sentence's length are zero.
     """
 
   def tasks(self) -> dict[str, Task]:

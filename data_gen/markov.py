@@ -88,9 +88,6 @@ class MarkovChain(Language):
     for b in range(n):
       visible = np.flatnonzero(~mask[b])
       for t in range(length):
-        if not mask[b, t]:
-          out[b, t, tokens[b, t]] = 1.0
-          continue
         left = visible[visible < t]
         right = visible[visible > t]
         out[b, t] = self._conditional_between(

@@ -43,6 +43,20 @@ class ValidationSet:
     return len(self.lengths)
 
   @staticmethod
+  def from_records(source, width: int) -> "ValidationSet":
+    """From a dataset split that stores ``tokens`` and ``conditionals`` (`data_gen.datasets`)."""
+    records = [source[i] for i in range(len(source))]
+    v = records[0]["conditionals"].shape[-1]
+    tokens = np.zeros((len(records), width), np.int32)
+    cond = np.zeros((len(records), width, v), np.float32)
+    for r, rec in enumerate(records):
+      n = min(len(rec["tokens"]), width)
+      tokens[r, :n] = rec["tokens"][:n]
+      cond[r, :n] = rec["conditionals"][:n]
+    lengths = np.array([min(len(r["tokens"]), width) for r in records], np.int32)
+    return ValidationSet(tokens, lengths, conditionals=cond)
+
+  @staticmethod
   def from_language(language, num: int, seed: int, causal: bool = False) -> "ValidationSet":
     sents = language.sample(np.random.default_rng([seed, 2**31 - 1]), num)
     if causal:

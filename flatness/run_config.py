@@ -3,6 +3,7 @@
 Every check raises ``ValueError`` naming the offending config field, at start,
 before any state is created or anything in the workdir is touched.
 """
+import json
 from typing import Any, Mapping
 
 from flatness import masking
@@ -59,10 +60,13 @@ def check_train(config, num_devices: int) -> None:
   optimizers.make_optimizer(config.optimizer, int(t.num_steps))  # raises on a bad name/value
 
 
-def incompatible_fields(saved: Mapping[str, Any], current: Mapping[str, Any],
-                        prefixes=("model.", "data.", "optimizer.name", "optimizer.sam_base",
-                                  "masking.")) -> list[str]:
-  """Dotted config fields that differ between two config dicts and change the state's shape."""
+def incompatible_fields(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+  """Dotted config fields whose change makes a run's checkpoint meaningless to resume.
+
+  The model, the masking rule, the optimizer type (its state's structure), and
+  the data stream (language, its knobs, seed and source). Learning rate, steps
+  and logging may change between a run and its resumption.
+  """
   def flat(d, prefix=""):
     out = {}
     for k, v in d.items():
@@ -71,6 +75,9 @@ def incompatible_fields(saved: Mapping[str, Any], current: Mapping[str, Any],
       else:
         out[f"{prefix}{k}"] = v
     return out
-  a, b = flat(saved), flat(current)
-  return sorted(k for k in set(a) | set(b)
-                if k.startswith(prefixes) and a.get(k) != b.get(k))
+  # Compare as JSON would store them (tuples become lists).
+  a, b = (flat(json.loads(json.dumps(x, default=str))) for x in (saved, current))
+  language = b.get("data.language")
+  prefixes = ("model.", "masking.", "optimizer.name", "optimizer.sam_base", "data.language",
+              "data.seed", "data.source", f"data.{language}.")
+  return sorted(k for k in set(a) | set(b) if k.startswith(prefixes) and a.get(k) != b.get(k))

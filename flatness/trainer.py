@@ -91,6 +91,18 @@ def make_source(setup: Setup, labels=()) -> input_pipeline.BatchSource:
   raise ValueError(f"data.source: unknown source {kind!r}; choose 'stream' or 'dataset'")
 
 
+def make_validation(setup: Setup) -> evaluation.ValidationSet:
+  """The validation sentences with their exact conditionals (or log-probabilities)."""
+  data = setup.config.data
+  if data.get("source", "stream") == "dataset" and not setup.model_cfg.causal:
+    from data_gen import datasets  # pylint: disable=g-import-not-at-top
+    return evaluation.ValidationSet.from_records(datasets.load_split(data, "validation"),
+                                                 setup.model_cfg.seq_len - 2)
+  return evaluation.ValidationSet.from_language(
+      setup.language, int(data.num_validation), seed=int(setup.config.seed),
+      causal=setup.model_cfg.causal)
+
+
 @dataclasses.dataclass
 class TrainResult:
   state: train_step_lib.TrainState
@@ -180,9 +192,7 @@ def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transf
   n_params = param_count(state.params)
   logging.info("Model: %d parameters; mesh %s over %d devices (%d processes)", n_params,
                dict(setup.mesh.shape), setup.mesh.size, jax.process_count())
-  validation = validation or evaluation.ValidationSet.from_language(
-      setup.language, int(config.data.num_validation), seed=int(config.seed),
-      causal=setup.model_cfg.causal)
+  validation = validation or make_validation(setup)
   source = source or make_source(setup, labels)
 
   step_fn = train_step_lib.make_train_step(

@@ -2,9 +2,15 @@ r"""Pre-training a masked (or causal) language model on a synthetic language.
 
 Variants (``--config=experiments/configs/pretrain.py:<variant>``):
 
-  tiny       Markov chain of 8 words, 2-layer 32-wide model: reaches its exact optimal
-             loss within 1% in about 20 s on a 2-core CPU.
-  markov     a 16-word chain, a 4-layer 128-wide model and more steps.
+  tiny         Markov chain of 8 words, 2-layer 32-wide model: reaches its exact optimal
+               loss within 1% in about 20 s on a 2-core CPU.
+  markov       a 16-word chain, a 4-layer 128-wide model and more steps.
+  pcfg_small   a small random PCFG (32 words, up to 8 words a sentence), a 2-layer model.
+  pcfg         a random PCFG of the paper's shape, the paper's recipe (batch 4096, 25k
+               steps, AdamW 5e-4, dropout 0.1) at the 9m preset; pcfg_<preset> for others
+               (pcfg_235m is the paper's 235M model). Add
+               --config.data.pcfg.grammar_file=PATH for the paper's own grammar.
+  hmm, teacher the paper's HMM shape and the random-transformer teacher, same recipe.
 
 Copy-paste commands:
 
@@ -21,6 +27,9 @@ Copy-paste commands:
 """
 import ml_collections
 
+from data_gen import registry
+from data_gen.pcfg.random_grammar import SMALL
+
 
 def base() -> ml_collections.ConfigDict:
   """Every field, with its default and meaning."""
@@ -34,7 +43,10 @@ def base() -> ml_collections.ConfigDict:
   c.data.source = "stream"        # stream: fresh samples every step (population loss);
                                   # dataset: a fixed TFDS dataset (data_gen.datasets)
   c.data.num_validation = 256     # validation sentences, scored against exact conditionals
-  c.data.markov = ml_collections.ConfigDict(dict(num_words=16, length=10, concentration=0.3))
+  c.data.update(registry.sections())   # markov / pcfg / hmm / teacher knobs (data_gen)
+  c.data.dataset = ml_collections.ConfigDict(dict(   # source = "dataset" only
+      data_dir="",                  # TFDS data_dir ("": ~/tensorflow_datasets)
+      train=100_000, validation=1_000, test=1_000, task_train=10_000, task_test=2_000))
 
   # ---- Model: a preset of flatness.presets, or 'custom' with the fields below.
   c.model = ml_collections.ConfigDict()
@@ -95,6 +107,23 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.optimizer.update(learning_rate=1e-2, schedule="cosine", warmup_steps=30, weight_decay=0.0)
     c.train.update(batch_size=128, num_steps=1000, eval_every=500, checkpoint_every=500)
     c.data.num_validation = 512
+  elif variant == "pcfg_small":
+    c.data.language = "pcfg"
+    c.data.pcfg = registry.pcfg_section(SMALL)
+    c.model.update(hidden_size=64, num_layers=2, num_heads=2, mlp_dim=256)
+    c.optimizer.update(learning_rate=3e-3, schedule="cosine", warmup_steps=100, weight_decay=0.0)
+    c.train.update(batch_size=128, num_steps=3000, eval_every=500, checkpoint_every=500)
+  elif variant.startswith("pcfg_") or variant in ("pcfg", "hmm", "teacher"):
+    # The paper's languages at a model preset: pcfg (random grammar of the paper's shape),
+    # pcfg_<preset>, hmm, teacher. Give --config.data.pcfg.grammar_file=... for the
+    # paper's own grammar.
+    c.data.language = "pcfg" if variant.startswith("pcfg") else variant
+    c.model.preset = variant.split("_")[1] if "_" in variant else "9m"
+    c.model.seq_len = 32
+    c.model.update(dropout_rate=0.1, attention_dropout_rate=0.1)
+    c.optimizer.update(learning_rate=5e-4, warmup_steps=3333, weight_decay=0.01)
+    c.train.update(batch_size=4096, num_steps=25_000, eval_every=1000, checkpoint_every=1000,
+                   log_every=100)
   elif variant == "markov":
     c.model.hidden_size, c.model.num_layers, c.model.num_heads, c.model.mlp_dim = 128, 4, 2, 512
     c.optimizer.learning_rate = 1e-3
@@ -103,5 +132,6 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.train.eval_every = 500
     c.train.checkpoint_every = 500
   else:
-    raise ValueError(f"pretrain.py: unknown variant {variant!r}; choose tiny or markov")
+    raise ValueError(f"pretrain.py: unknown variant {variant!r}; choose tiny, markov, "
+                     "pcfg_small, pcfg, pcfg_<preset>, hmm or teacher")
   return c

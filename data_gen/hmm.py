@@ -1,0 +1,213 @@
+"""Categorical hidden Markov models: the paper's second synthetic language.
+
+``z_1 ~ pi``, ``z_{t+1} ~ T[z_t]``, ``x_t ~ E[z_t]``; the paper uses 100 hidden
+states, 200 words and sentences of 16 words, and downstream tasks that
+classify the hidden state at a position ("task-6" and "task-10"; positions
+here count from 0). Random HMMs are sparse: each state moves to
+``transitions_per_state`` random successors and emits ``words_per_state``
+random words, with Dirichlet weights (0 means dense).
+
+Exact computation is the scaled forward algorithm (`log_marginal`), in JAX with
+`lax.scan`, on soft evidence; its reverse pass is the backward algorithm, which
+`data_gen.evidence` turns into every position's exact conditional.
+"""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_gen import evidence as evidence_lib
+from data_gen.language import Language, Sentences, Task
+
+
+@dataclasses.dataclass(frozen=True)
+class HMMConfig:
+  num_states: int = 100
+  vocab_size: int = 200
+  length: int = 16
+  transitions_per_state: int = 10     # 0: dense
+  words_per_state: int = 20           # 0: dense
+  transition_concentration: float = 1.0
+  emission_concentration: float = 1.0
+  task_positions: tuple = (6, 10)
+
+  def __post_init__(self):
+    for name in ("num_states", "vocab_size", "length"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"hmm.{name} must be positive, got {getattr(self, name)}")
+    if not 0 <= self.transitions_per_state <= self.num_states:
+      raise ValueError("hmm.transitions_per_state must lie in [0, num_states]")
+    if not 0 <= self.words_per_state <= self.vocab_size:
+      raise ValueError("hmm.words_per_state must lie in [0, vocab_size]")
+    for k in self.task_positions:
+      if not 0 <= k < self.length:
+        raise ValueError(f"hmm.task_positions: position {k} is outside sentences of "
+                         f"{self.length} words")
+
+
+def _sparse_rows(rng, rows, cols, per_row, concentration):
+  out = np.zeros((rows, cols))
+  k = per_row or cols
+  for r in range(rows):
+    idx = rng.choice(cols, size=k, replace=False)
+    out[r, idx] = rng.dirichlet(np.full(k, concentration))
+  return out
+
+
+def random_hmm(cfg: HMMConfig = HMMConfig(), seed: int = 0):
+  """(initial [S], transition [S, S], emission [S, V]) of a seeded random HMM."""
+  rng = np.random.default_rng(seed)
+  initial = rng.dirichlet(np.ones(cfg.num_states))
+  transition = _sparse_rows(rng, cfg.num_states, cfg.num_states, cfg.transitions_per_state,
+                            cfg.transition_concentration)
+  emission = _sparse_rows(rng, cfg.num_states, cfg.vocab_size, cfg.words_per_state,
+                          cfg.emission_concentration)
+  return initial, transition, emission
+
+
+class _RowSampler:
+  """Draws from the rows of a stochastic matrix with one `searchsorted` for all draws.
+
+  Row ``r``'s cumulative probabilities are shifted to ``[r, r + 1]`` and
+  concatenated, so ``searchsorted(flat, r + u)`` lands inside row ``r``.
+  """
+
+  def __init__(self, probs):
+    probs = np.atleast_2d(probs)
+    self.cols = probs.shape[1]
+    cum = np.cumsum(probs, axis=1) / probs.sum(axis=1, keepdims=True)
+    cum[:, -1] = 1.0
+    self.flat = (cum + np.arange(len(probs))[:, None]).ravel()
+
+  def __call__(self, rows, u):
+    idx = np.searchsorted(self.flat, rows + u, side="right") - rows * self.cols
+    return np.minimum(idx, self.cols - 1).astype(np.int32)
+
+
+class HMM(Language):
+
+  def __init__(self, initial, transition, emission, *, length: int = 16,
+               task_positions=(6, 10), batch_size: int = 64, dtype=jnp.float32,
+               description: dict | None = None):
+    self.initial = np.asarray(initial, np.float64)
+    self.transition = np.asarray(transition, np.float64)
+    self.emission = np.asarray(emission, np.float64)
+    self.num_states, self.vocab_size = self.emission.shape
+    self.length = self.max_length = length
+    self.words = tuple(f"w{i}" for i in range(self.vocab_size))
+    self.task_positions = tuple(task_positions)
+    self.dtype = dtype
+    self._description = description or {}
+    v = self.vocab_size
+
+    def log_marg(tokens, lengths):
+      return self.log_marginal(evidence_lib.one_hot_evidence(tokens, v, dtype=dtype), lengths)
+
+    def cond(tokens, lengths, mask):
+      e = evidence_lib.one_hot_evidence(tokens, v, mask, dtype)
+      return evidence_lib.conditionals(self.log_marginal, e, lengths)
+
+    def soft(tokens, lengths, evid):
+      evid = evid.astype(dtype)
+      return (evidence_lib.posterior_marginals(self.log_marginal, evid, lengths),
+              self.log_marginal(evid, lengths))
+
+    def states(tokens, lengths):
+      e = evidence_lib.one_hot_evidence(tokens, v, dtype=dtype)
+      leaf = self._leaf(e, lengths)
+      g = jax.grad(lambda f: jnp.sum(self._forward(f, lengths)))(leaf)
+      post = leaf * g
+      return post / jnp.sum(post, axis=-1, keepdims=True)
+
+    kw = dict(batch_size=batch_size, bucket=length)
+    self._log_marginal = evidence_lib.Bucketed(log_marg, length, positional=(False,), **kw)
+    self._cond = evidence_lib.Bucketed(cond, length, **kw)
+    self._soft = evidence_lib.Bucketed(soft, length, positional=(True, False), **kw)
+    self._states = evidence_lib.Bucketed(states, length, **kw)
+
+  @classmethod
+  def random(cls, cfg: HMMConfig = HMMConfig(), seed: int = 0, **kw) -> "HMM":
+    desc = dict(dataclasses.asdict(cfg), seed=seed)
+    return cls(*random_hmm(cfg, seed), length=cfg.length, task_positions=cfg.task_positions,
+               description=desc, **kw)
+
+  def config_dict(self) -> dict:
+    return dict(kind="hmm", **self._description)
+
+  @functools.cached_property
+  def _samplers(self):
+    return (_RowSampler(self.initial), _RowSampler(self.transition), _RowSampler(self.emission))
+
+  def sample(self, rng, n) -> Sentences:
+    first, move, emit = self._samplers
+    z = np.empty((n, self.length), np.int32)
+    z[:, 0] = first(np.zeros(n, np.int64), rng.random(n))
+    for t in range(1, self.length):
+      z[:, t] = move(z[:, t - 1].astype(np.int64), rng.random(n))
+    x = emit(z.ravel().astype(np.int64), rng.random(z.size)).reshape(z.shape)
+    return Sentences(x, np.full(n, self.length, np.int32), {"states": z})
+
+  # ---- exact computation
+  def _leaf(self, evidence, lengths):
+    leaf = evidence @ jnp.asarray(self.emission.T, self.dtype)
+    valid = jnp.arange(evidence.shape[1])[None, :] < lengths[:, None]
+    return jnp.where(valid[..., None], leaf, 1.0)
+
+  def _forward(self, leaf, lengths):
+    """Scaled forward algorithm on leaf likelihoods [B, L, S] -> log Z [B]."""
+    trans = jnp.asarray(self.transition, self.dtype)
+    # An impossible prefix has norm 0: log Z = -inf, without 0/0 anywhere.
+    safe = lambda s: jnp.where(s > 0, s, 1.0)
+    alpha = jnp.asarray(self.initial, self.dtype) * leaf[:, 0]
+    norm = jnp.sum(alpha, axis=-1)
+    alpha, log_z = alpha / safe(norm)[:, None], jnp.log(norm)
+
+    def step(carry, xs):
+      alpha, log_z = carry
+      t, leaf_t = xs
+      new = (alpha @ trans) * leaf_t
+      s = jnp.sum(new, axis=-1)
+      live = t < lengths
+      alpha = jnp.where(live[:, None], new / safe(s)[:, None], alpha)
+      return (alpha, log_z + jnp.where(live, jnp.log(jnp.where(live, s, 1.0)), 0.0)), None
+
+    ts = jnp.arange(1, leaf.shape[1])
+    (_, log_z), _ = jax.lax.scan(step, (alpha, log_z), (ts, jnp.swapaxes(leaf[:, 1:], 0, 1)))
+    return log_z
+
+  def log_marginal(self, evidence, lengths):
+    """[B]: ``log sum_x p(x) prod_t e[t, x_t]`` (soft evidence [B, L, V])."""
+    return self._forward(self._leaf(evidence.astype(self.dtype), lengths), lengths)
+
+  def log_prob(self, tokens, lengths) -> np.ndarray:
+    return self._log_marginal(tokens, lengths).astype(np.float64)
+
+  def conditionals(self, tokens, lengths, mask=None) -> np.ndarray:
+    mask = np.zeros(np.shape(tokens), bool) if mask is None else np.asarray(mask, bool)
+    return self._cond(tokens, lengths, mask)
+
+  def soft_conditionals(self, tokens, lengths, evidence):
+    return self._soft(tokens, lengths, evidence)
+
+  def state_posteriors(self, tokens, lengths) -> np.ndarray:
+    """float [n, L, S]: p(z_t = s | x), the forward-backward smoothing marginals."""
+    return self._states(tokens, lengths)
+
+  # ---- tasks
+  def tasks(self):
+    return {f"state_{k}": Task(f"state_{k}", self.num_states,
+                               f"hidden state at position {k} (from 0)")
+            for k in self.task_positions}
+
+  def task_labels(self, name, sentences: Sentences) -> np.ndarray:
+    if name not in self.tasks():
+      return super().task_labels(name, sentences)
+    return sentences.latent["states"][:, int(name.split("_")[1])].astype(np.int32)
+
+  def bayes_accuracy(self, name, sentences: Sentences) -> float:
+    """Accuracy of the best possible classifier of x: E[max_s p(z_k = s | x)]."""
+    k = int(name.split("_")[1])
+    return float(np.mean(np.max(self.state_posteriors(sentences.tokens,
+                                                      sentences.lengths)[:, k], axis=-1)))
