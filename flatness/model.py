@@ -8,7 +8,7 @@ E^T`` whose output layer is tied to the input embedding ``E``. A pooled
 
 Everything here is a pure function of a params pytree, so curvature code can
 differentiate a loss built on it twice. Parameter names are stable and
-documented because `flatness.enlarge` maps them between sizes:
+documented because `flatness.enlargement` maps them between sizes:
 
   token_embed/embedding [V, H]      pos_embed [S, H]      embed_ln/{scale,bias}
   layer_i/attn_ln, layer_i/attn/{query,key,value}/{kernel [H,h,d], bias [h,d]},

@@ -5,7 +5,7 @@ positions (Sec. 4.2 compares models of about 2M to 235M parameters; its HMM
 results use a 67M model). With our synthetic vocabularies (a few hundred words)
 the embedding table is tiny and the same architectures are much smaller: the
 README lists both counts, measured by `param_count_for`. All presets keep a head
-dimension of 64, so that `flatness.enlarge` can embed any smaller preset in a
+dimension of 64, so that `flatness.enlargement` can embed any smaller preset in a
 larger one by duplicating heads.
 """
 import jax

@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from data_gen import registry
+from flatness import adversarial
 from flatness import checkpointing
 from flatness import evaluation
 from flatness import input_pipeline
@@ -33,6 +34,7 @@ from flatness.model import Transformer, TransformerConfig, init_params, param_co
 from flatness.objectives import Objective
 
 CONFIG_JSON = "config.json"
+RUN_INFO = "run_info.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -84,6 +86,9 @@ def make_source(setup: Setup, labels=()) -> input_pipeline.BatchSource:
     return input_pipeline.LanguageStream(setup.language, t.batch_size,
                                          seed=int(setup.config.seed), labels=labels)
   if kind == "dataset":
+    if labels:
+      raise ValueError(f"data.source='dataset' carries no downstream labels, which "
+                       f"{list(labels)} need (adversarial.lam != 0); use data.source='stream'")
     from data_gen import datasets  # pylint: disable=g-import-not-at-top
     records = datasets.load_split(data, "train")
     return input_pipeline.ArraySource(records, t.batch_size, seed=int(setup.config.seed),
@@ -134,10 +139,16 @@ def _get(d, dotted):
   return d
 
 
-def _write_config(workdir: str, config) -> None:
+def _write_config(workdir: str, config, num_params: int) -> None:
+  """config.json, and run_info.json (what `flatness.analysis` needs to group runs)."""
   if jax.process_index() == 0:
     with open(os.path.join(workdir, CONFIG_JSON), "w") as f:
       json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+    info = dict(name=config.get("name") or os.path.basename(os.path.normpath(workdir)),
+                experiment=config.get("experiment", ""), num_params=num_params,
+                language=config.data.language)
+    with open(os.path.join(workdir, RUN_INFO), "w") as f:
+      json.dump(info, f, indent=2)
 
 
 def train(config, workdir: str, *, setup: Setup | None = None,
@@ -153,12 +164,17 @@ def train(config, workdir: str, *, setup: Setup | None = None,
     source: training batches (default: `make_source`).
     validation: evaluation set (default: ``config.data.num_validation`` sentences
       of the language with their exact conditionals).
-    loss_transform: passed to `make_train_step` (the adversarial algorithm).
+    loss_transform: passed to `make_train_step` (default: the adversarial
+      algorithm of `flatness.adversarial` when ``config.adversarial.lam != 0``).
     labels: downstream tasks whose labels the batches must carry.
     stop_after: stop (with a checkpoint) once this many steps are done in total,
       even if ``config.train.num_steps`` is larger; a later call continues.
   """
   setup = setup or build(config)
+  if loss_transform is None:
+    loss_transform, adv_labels = adversarial.from_config(config, setup.language,
+                                                         setup.objective)
+    labels = tuple(labels) + adv_labels
   t = config.train
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -188,8 +204,8 @@ def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transf
   else:
     start, position = 0, 0
     state = setup.create_state(jax.random.fold_in(base_key, 0))
-  _write_config(workdir, config)
   n_params = param_count(state.params)
+  _write_config(workdir, config, n_params)
   logging.info("Model: %d parameters; mesh %s over %d devices (%d processes)", n_params,
                dict(setup.mesh.shape), setup.mesh.size, jax.process_count())
   validation = validation or make_validation(setup)

@@ -35,6 +35,8 @@ def base() -> ml_collections.ConfigDict:
   """Every field, with its default and meaning."""
   c = ml_collections.ConfigDict()
   c.seed = 0                      # model init, masks, dropout and batch order
+  c.name = ""                     # run name in analyses ("": the workdir's name)
+  c.experiment = ""               # experiment the run belongs to (set by experiments.run)
 
   # ---- Data: which language, and how batches are drawn from it.
   c.data = ml_collections.ConfigDict()
@@ -83,6 +85,14 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer.clip_norm = 0.0     # global-norm clipping; 0 = off (the paper: off)
   c.optimizer.sam_rho = 0.05      # sam only: radius of the adversarial step
   c.optimizer.sam_base = "sgd"    # sam only: the outer optimizer
+
+  # ---- The paper's adversarial algorithm (flatness.adversarial): minimise the MLM loss
+  # minus lam x the validation loss of a closed-form ridge head on pooled features.
+  c.adversarial = ml_collections.ConfigDict(dict(
+      lam=0.0,                    # 0: plain pre-training
+      task="A",                   # downstream task whose labels the head fits
+      ridge=1e-3,                 # kernel ridge regulariser
+      fit_fraction=0.875))        # share of each batch that fits the head; the rest validates
 
   # ---- Training loop.
   c.train = ml_collections.ConfigDict()

@@ -1,0 +1,55 @@
+r"""Experiment (c): training algorithms that reach the same loss (paper Sec. 4.3).
+
+Runs, on the same data and model:
+  adamw        the paper's recipe
+  sgd          SGD with momentum 0.9 (more noise; the paper's theory: flatter)
+  sam          SAM around SGD (explicitly seeks flat minima)
+  adversarial  AdamW on L_MLM - lambda * R, R the validation loss of a closed-form ridge
+               head on pooled features (`flatness.adversarial`): the same loss, worse
+               transfer and a larger trace, per the paper
+and, with every run's downstream metrics, the lookup-table baseline (a probe on
+the true conditionals).
+
+Variants:
+  tiny        seconds; tests the pipeline end to end (not the phenomenon)
+  pcfg_small  the small PCFG on a CPU (tens of minutes)
+  pcfg        paper-shaped PCFG, 9m preset, the paper's recipe (GPU/TPU);
+              pcfg_<preset> for another size (the paper: 235m)
+
+  python -m experiments.run --config=experiments/configs/algorithm.py:pcfg_small \
+      --workdir=runs/algorithm
+  python -m experiments.run --config=experiments/configs/algorithm.py:pcfg_small \
+      --workdir=runs/algorithm --runs=adversarial      # one run of the sweep
+"""
+from experiments.configs import experiment
+from experiments.configs import pretrain
+
+
+def _sweep(sgd_lr: float, lam: float):
+  return [
+      {"name": "adamw"},
+      {"name": "sgd", "pretrain.optimizer.name": "sgd", "pretrain.optimizer.momentum": 0.9,
+       "pretrain.optimizer.learning_rate": sgd_lr},
+      {"name": "sam", "pretrain.optimizer.name": "sam", "pretrain.optimizer.sam_base": "sgd",
+       "pretrain.optimizer.momentum": 0.9, "pretrain.optimizer.learning_rate": sgd_lr,
+       "pretrain.optimizer.sam_rho": 0.05},
+      {"name": "adversarial", "pretrain.adversarial.lam": lam,
+       "pretrain.adversarial.task": "A"},
+  ]
+
+
+def get_config(variant: str = "pcfg_small"):
+  if variant == "tiny":
+    c = experiment.tiny(experiment.make("algorithm", pretrain.base()))
+    c.sweep = tuple(_sweep(sgd_lr=0.1, lam=0.5))
+    return c
+  if variant == "pcfg_small":
+    c = experiment.make("algorithm", experiment.small_pretrain(num_steps=6000),
+                        sweep=_sweep(sgd_lr=0.3, lam=0.5))
+    experiment.small_analysis_sections(c)
+    return c
+  if variant.startswith("pcfg"):
+    pre = pretrain.get_config(variant if "_" in variant else "pcfg_9m")
+    return experiment.make("algorithm", pre, sweep=_sweep(sgd_lr=0.5, lam=0.5))
+  raise ValueError(f"algorithm.py: unknown variant {variant!r}; choose tiny, pcfg_small, "
+                   "pcfg or pcfg_<preset>")

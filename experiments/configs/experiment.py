@@ -1,0 +1,61 @@
+"""Shared pieces of the three experiment configs (see `flatness.experiment`).
+
+`make` assembles an experiment config from a pre-training recipe; `tiny_pretrain`
+is the seconds-long recipe every experiment's ``tiny`` variant uses (the tests
+run it end to end); `small_pretrain` is the CPU recipe of the ``pcfg_small``
+variants and of the main job (`experiments.quickstart`).
+"""
+import ml_collections
+
+from data_gen import registry
+from data_gen.pcfg.random_grammar import SMALL
+from experiments.configs import downstream
+from experiments.configs import measure
+from experiments.configs import pretrain
+
+
+def make(name: str, pre: ml_collections.ConfigDict, *, measure_variant="trace",
+         downstream_variant="default", sweep=(), tolerance=0.05) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = name
+  c.pretrain = pre
+  c.measure = measure.get_config(measure_variant)
+  c.downstream = downstream.get_config(downstream_variant)
+  c.analysis = ml_collections.ConfigDict(dict(tolerance=tolerance, num_bootstrap=1000))
+  c.sweep = tuple(sweep)
+  return c
+
+
+def small_pretrain(num_steps: int = 6000) -> ml_collections.ConfigDict:
+  """The small random PCFG (32 words, up to 8 a sentence) and a 2-layer 64-wide model."""
+  c = pretrain.get_config("pcfg_small")
+  c.train.update(num_steps=num_steps, eval_every=1000, checkpoint_every=1000, log_every=100,
+                 max_to_keep=1, keep_every=1000)
+  return c
+
+
+def small_analysis_sections(c: ml_collections.ConfigDict) -> None:
+  """Measurement and probes sized for a CPU: seconds per checkpoint."""
+  c.measure.update(num_sentences=256, batch_size=64)
+  c.measure.trace.update(num_probes=16, chunk=8)
+  c.downstream.update(num_train=2000, num_test=1000, seeds=3)
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks an experiment config to seconds: for tests and a first look."""
+  p = c.pretrain
+  p.data.language = "pcfg"
+  p.data.pcfg = registry.pcfg_section(SMALL)
+  p.data.pcfg.max_length = 6
+  p.data.num_validation = 32
+  p.model.update(preset="custom", seq_len=0, hidden_size=16, num_layers=1, num_heads=2,
+                 mlp_dim=32, dropout_rate=0.0, attention_dropout_rate=0.0)
+  p.optimizer.update(learning_rate=3e-3, warmup_steps=5)
+  p.train.update(batch_size=32, num_steps=20, log_every=10, eval_every=10, checkpoint_every=10,
+                 eval_batch_size=32, max_to_keep=1, keep_every=10)
+  c.measure.update(metrics="trace,loss", num_sentences=32, batch_size=16)
+  c.measure.trace.update(num_probes=4, chunk=4)
+  c.downstream.update(tasks="A", num_train=128, num_test=64, seeds=1)
+  c.downstream.probe.update(epochs=5, batch_size=64)
+  c.analysis.update(tolerance=-1.0, num_bootstrap=50)
+  return c

@@ -1,0 +1,38 @@
+r"""Runs an experiment: its sweep of pre-training runs, measurement, probes and analysis.
+
+  python -m experiments.run --config=experiments/configs/algorithm.py:pcfg_small \
+      --workdir=runs/algorithm [--runs=adamw,sgd] [--stages=pretrain,measure,downstream]
+
+Each run lives in <workdir>/<run name>; rerunning continues where it stopped.
+The report (tables, correlations, figures) goes to <workdir>/report. See
+`flatness.experiment` and the three configs' docstrings.
+"""
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from flatness import distributed
+from flatness import experiment
+from flatness import logs
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file:variant.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory.")
+_RUNS = flags.DEFINE_list("runs", [], "Only these runs of the sweep (default: all).")
+_ANALYZE = flags.DEFINE_bool("analyze", True, "Write the report after the runs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  logs.quiet_libraries()
+  distributed.initialize()
+  timings, paths = experiment.run_experiment(_CONFIG.value, _WORKDIR.value, only=_RUNS.value,
+                                             analyze_after=_ANALYZE.value)
+  for name, t in timings.items():
+    print(f"{name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
+  for k, v in paths.items():
+    print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,203 @@
+"""Hessian-vector products, probes and parameter selections on params pytrees.
+
+Everything curvature-related starts here. A *loss* is either ``loss_fn(params)``
+(its data closed over) or ``loss_fn(params, batch)`` together with a list of
+batches: the Hessian is then that of the mean loss over the batches,
+``H = (1/B) sum_b H_b``, and `HessianOperator.matvec` visits the batches one at
+a time (fixed memory; each batch may be sharded over a device mesh, and the
+jitted products then run data-parallel).
+
+``hvp`` is forward-over-reverse, ``jvp(grad(L))``: one gradient's memory and
+about two to three gradients' time.
+"""
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+def hvp(loss_fn: Callable, params: PyTree, v: PyTree, *args) -> PyTree:
+  """H v with ``H`` the Hessian of ``loss_fn(params, *args)`` at ``params``."""
+  return jax.jvp(lambda p: jax.grad(loss_fn)(p, *args), (params,), (v,))[1]
+
+
+def path_name(path) -> str:
+  """'layer_0/attn/query/kernel' for a pytree key path."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return "/".join(parts)
+
+
+# The paper excludes the pooler and the MLM output bias from its trace (NOTES.md).
+def paper_selection(name: str) -> bool:
+  return not (name.startswith("pooler") or name == "head/output_bias")
+
+
+def selection_mask(params: PyTree, include: Callable[[str], bool] | None) -> PyTree:
+  """Bool per leaf: which parameters the curvature is measured over."""
+  if include is None:
+    return jax.tree.map(lambda _: True, params)
+  return jax.tree_util.tree_map_with_path(lambda p, _: bool(include(path_name(p))), params)
+
+
+def module_of(name: str) -> str:
+  """Top-level module of a parameter ('layer_3', 'head', 'embed', ...), for breakdowns."""
+  first = name.split("/")[0]
+  return "embed" if first in ("token_embed", "pos_embed", "embed_ln") else first
+
+
+def module_index(params: PyTree, mask: PyTree) -> tuple[list[str], PyTree]:
+  """(module names, a pytree of module ids per leaf; -1 for excluded leaves)."""
+  names = []
+  def ident(path, _, keep):
+    if not keep:
+      return -1
+    m = module_of(path_name(path))
+    if m not in names:
+      names.append(m)
+    return names.index(m)
+  ids = jax.tree_util.tree_map_with_path(ident, params, mask)
+  return names, ids
+
+
+def probe(key, params: PyTree, kind: str = "rademacher", mask: PyTree | None = None) -> PyTree:
+  """One random direction: iid Rademacher (+-1) or standard Gaussian entries, 0 where masked out."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  if kind == "rademacher":
+    draw = lambda k, x: jax.random.rademacher(k, x.shape, x.dtype)
+  elif kind == "gaussian":
+    draw = lambda k, x: jax.random.normal(k, x.shape, x.dtype)
+  else:
+    raise ValueError(f"probe kind must be 'rademacher' or 'gaussian', got {kind!r}")
+  out = jax.tree.unflatten(treedef, [draw(k, x) for k, x in zip(keys, leaves)])
+  if mask is not None:
+    out = jax.tree.map(lambda x, m: x if m else jnp.zeros_like(x), out, mask)
+  return out
+
+
+def vdot(a: PyTree, b: PyTree):
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def stack_batches(batches: Sequence[Any] | None):
+  """A list of equally shaped batches -> one pytree with a leading batch-index axis."""
+  if batches is None:
+    return None
+  batches = list(batches)
+  if not batches:
+    raise ValueError("batches is empty")
+  shapes = {str(jax.tree.map(jnp.shape, b)) for b in batches}
+  if len(shapes) != 1:
+    raise ValueError("all batches must have the same shapes (pad the last one)")
+  return jax.tree.map(lambda *x: jnp.stack(x), *batches)
+
+
+def mean_over_batches(fn, stacked):
+  """``mean_b fn(batch_b)`` for a stacked pytree of batches, one batch at a time."""
+  if stacked is None:
+    return fn()
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  first = fn(jax.tree.map(lambda x: x[0], stacked))
+
+  def body(i, acc):
+    out = fn(jax.tree.map(lambda x: x[i], stacked))
+    return jax.tree.map(jnp.add, acc, out)
+
+  total = jax.lax.fori_loop(1, n, body, first)
+  return jax.tree.map(lambda x: x / n, total)
+
+
+@functools.lru_cache(maxsize=64)
+def _matvec_fn(loss_fn, mask_leaves):
+  """Cached jitted ``(params, v, stacked) -> H v`` of the mean loss (masked block)."""
+  def matvec(params, v, stacked):
+    prod = (lambda b=None: hvp(loss_fn, params, v) if b is None else hvp(loss_fn, params, v, b))
+    out = mean_over_batches(prod, stacked)
+    leaves, treedef = jax.tree.flatten(out)
+    return jax.tree.unflatten(treedef, [x if m else jnp.zeros_like(x)
+                                        for x, m in zip(leaves, mask_leaves)])
+  return jax.jit(matvec)
+
+
+@dataclasses.dataclass
+class HessianOperator:
+  """``v -> H v`` for the mean loss over ``batches`` (or a closed-over loss), restricted to a
+  selection of parameters (``H`` of the selected block; unselected entries stay 0).
+
+  The batches are stacked and visited inside one compiled loop, so a matvec is
+  one call, compiled once per loss function and shapes.
+  """
+  loss_fn: Callable
+  params: PyTree
+  batches: Sequence[Any] | None = None
+  mask: PyTree | None = None
+
+  def __post_init__(self):
+    if self.mask is None:
+      self.mask = jax.tree.map(lambda _: True, self.params)
+    self.mask_leaves = tuple(bool(m) for m in jax.tree.leaves(self.mask))
+    self.stacked = stack_batches(self.batches)
+    self._matvec = _matvec_fn(self.loss_fn, self.mask_leaves)
+    self.num_matvecs = 0
+
+  @property
+  def dtype(self):
+    return jnp.result_type(*jax.tree.leaves(self.params))
+
+  @property
+  def num_batches(self) -> int:
+    return 1 if self.batches is None else len(self.batches)
+
+  def matvec(self, v: PyTree) -> PyTree:
+    self.num_matvecs += self.num_batches
+    return self._matvec(self.params, v, self.stacked)
+
+  @functools.cached_property
+  def flat(self):
+    """(dimension, ravel, unravel, flat matvec) over the selected parameters only."""
+    n, ravel, unravel = flattener(self.params, self.mask_leaves)
+    return n, ravel, unravel, lambda vec: ravel(self.matvec(unravel(vec)))
+
+
+def flattener(params: PyTree, mask_leaves: Sequence[bool]):
+  """(n, ravel, unravel): the selected leaves of ``params`` as one vector and back."""
+  leaves, treedef = jax.tree.flatten(params)
+  n = int(sum(x.size for x, k in zip(leaves, mask_leaves) if k))
+
+  def ravel(tree):
+    return jnp.concatenate([x.ravel() for x, k in zip(jax.tree.leaves(tree), mask_leaves) if k])
+
+  def unravel(vec):
+    out, pos = [], 0
+    for x, k in zip(leaves, mask_leaves):
+      if k:
+        out.append(vec[pos:pos + x.size].reshape(x.shape).astype(x.dtype))
+        pos += x.size
+      else:
+        out.append(jnp.zeros_like(x))
+    return jax.tree.unflatten(treedef, out)
+
+  return n, ravel, unravel
+
+
+def stratified(samples: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and standard error of ``mean_g E[X_g]`` from independent samples of each group.
+
+  Each group (a batch) has its own i.i.d. samples ``[n_g, ...]``; the groups are
+  all used, so only the within-group noise counts:
+  ``se = sqrt(sum_g var_g / n_g) / G``.
+  """
+  means = np.array([s.mean(axis=0) for s in samples])
+  var = np.array([s.var(axis=0, ddof=1) / len(s) if len(s) > 1 else np.full(s.shape[1:], np.nan)
+                  for s in samples])
+  return means.mean(axis=0), np.sqrt(var.sum(axis=0)) / len(samples)

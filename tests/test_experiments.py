@@ -1,0 +1,58 @@
+"""End to end: each experiment config's tiny variant runs and writes every metric and figure."""
+import json
+import os
+
+import pytest
+
+from experiments.configs import algorithm
+from experiments.configs import continue_training
+from experiments.configs import model_size
+from flatness import analysis
+from flatness import experiment
+from flatness import metric_writers
+
+
+def _merged(workdir):
+  steps = {}
+  for rec in metric_writers.read_jsonl(os.path.join(workdir, metric_writers.JSONL)):
+    steps.setdefault(rec["step"], {}).update(rec)
+  return steps
+
+
+@pytest.mark.parametrize("module,extra", [
+    (continue_training, ()),
+    (model_size, ("curvature/trace_enlarged",)),
+    (algorithm, ()),
+])
+def test_tiny_experiment_end_to_end(module, extra, tmp_path):
+  config = module.get_config("tiny")
+  runs = experiment.expand(config)
+  timings, paths = experiment.run_experiment(config, str(tmp_path))
+  assert set(timings) == {r.name for r in runs}
+  for run in runs:
+    workdir = tmp_path / run.name
+    steps = _merged(str(workdir))
+    keep = config.pretrain.train.keep_every
+    ckpt_steps = list(range(keep, config.pretrain.train.num_steps + 1, keep))
+    for s in ckpt_steps:
+      for tag in ("eval/loss_gap", "curvature/trace", "curvature/trace_stderr", "curvature/loss",
+                  "downstream/A/probe_acc", "downstream/A/lookup_acc") + extra:
+        assert tag in steps[s], (run.name, s, tag)
+      assert 0 <= steps[s]["downstream/A/probe_acc"] <= 1
+    info = json.load(open(workdir / analysis.RUN_INFO))
+    assert info["experiment"] == config.name and info["name"] == run.name
+  for key in ("table_csv", "report", "loss_gap", "trace", "accuracy", "accuracy_vs_trace"):
+    assert os.path.getsize(paths[key]) > 0
+  # Rerunning skips everything already done: no new metrics.
+  before = os.path.getsize(tmp_path / runs[0].name / metric_writers.JSONL)
+  experiment.run_experiment(config, str(tmp_path), only=[runs[0].name], analyze_after=False)
+  assert os.path.getsize(tmp_path / runs[0].name / metric_writers.JSONL) == before
+
+
+def test_sweep_errors_name_the_problem():
+  config = algorithm.get_config("tiny")
+  with pytest.raises(ValueError, match="not in the sweep"):
+    experiment.select(experiment.expand(config), ["nope"])
+  config.sweep = ({"name": "x", "pretrain.optimizer.nme": "sgd"},)
+  with pytest.raises(ValueError, match="pretrain.optimizer.nme"):
+    experiment.expand(config)
