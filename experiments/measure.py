@@ -1,33 +1,13 @@
 r"""Measures curvature and sharpness of every checkpoint of one or more runs.
 
   python -m experiments.measure --workdir=DIR[,DIR...] \
-      --config=experiments/configs/measure.py[:variant] [--config.x=...]
+      --config=experiments/configs/measure.py[:variant] [--config.x=...] [--steps=S1,S2]
 
 Writes `curvature/*` scalars next to the training metrics of each run
 (TensorBoard and metrics.jsonl); checkpoints already measured are skipped.
 """
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
-from flatness import distributed
-from flatness import logs
+from experiments import per_checkpoint
 from flatness import measure
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/measure.py",
-                                          "Measurement config file[:variant].")
-_WORKDIR = flags.DEFINE_list("workdir", None, "Run directories, comma-separated.")
-_STEPS = flags.DEFINE_list("steps", [], "Only these checkpoint steps (default: all).")
-flags.mark_flags_as_required(["workdir"])
-
-
-def main(argv):
-  del argv
-  logs.quiet_libraries()
-  distributed.initialize()
-  for workdir in _WORKDIR.value:
-    measure.measure_run(workdir, _CONFIG.value, steps=[int(s) for s in _STEPS.value])
-
-
 if __name__ == "__main__":
-  app.run(main)
+  per_checkpoint.run("experiments/configs/measure.py", measure.measure_run, "Measurement")

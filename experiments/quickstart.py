@@ -50,6 +50,12 @@ def main(argv):
   _, accs = analysis.measure_names(rows)
   lookups = sorted({k for r in rows for k in r if k.endswith("/lookup_acc")})
   print("\n" + report.print_table(rows, list(_COLUMNS) + accs + lookups[:3]))
+  corr = [c for c in analysis.correlate(
+      rows, tolerance=experiment.tolerance(config)) if c.scope == "all"]
+  print("\nSpearman correlation across checkpoints (95% bootstrap interval):")
+  for c in corr:
+    print(f"  {c.flatness} vs {c.accuracy}: {c.spearman:+.2f} [{c.spearman_lo:+.2f}, "
+          f"{c.spearman_hi:+.2f}], n={c.n}")
   total = time.perf_counter() - start
   print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
         + f"; total {total:.0f} s")

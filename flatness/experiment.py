@@ -98,9 +98,14 @@ def run_one(run: Run, workdir: str, *, mesh=None, stages=("pretrain", "measure",
   return times
 
 
-def analyze(config, workdirs, out_dir: str) -> dict[str, str]:
+def tolerance(config) -> float | None:
+  """The loss-gap tolerance of ``config.analysis`` (None, from a negative value: all rows)."""
   tol = config.analysis.get("tolerance")
-  tol = None if tol is None or tol < 0 else float(tol)
+  return None if tol is None or tol < 0 else float(tol)
+
+
+def analyze(config, workdirs, out_dir: str) -> dict[str, str]:
+  tol = tolerance(config)
   rows = analysis.gather(workdirs)
   corr = analysis.correlate(rows, tolerance=tol,
                             num_bootstrap=int(config.analysis.get("num_bootstrap", 1000)))

@@ -86,11 +86,11 @@ def bert_mask(rng, ids, lengths, spec: MaskingSpec, vocab_size: int):
   valid = jnp.arange(p)[None, :] < k[:, None]
   labels = jnp.take_along_axis(ids, positions, axis=1)
   u = jax.random.uniform(r_kind, (b, p))
-  random_words = jax.random.randint(r_word, (b, p), tok.NUM_SPECIAL, vocab_size)
+  random_words = jax.random.randint(r_word, (b, p), tok.NUM_SPECIAL, vocab_size, ids.dtype)
   corrupted = jnp.where(u < spec.mask_prob, tok.MASK,
                         jnp.where(u < spec.mask_prob + spec.random_prob, random_words, labels))
   corrupted = jnp.where(valid, corrupted, labels)
-  new_ids = ids.at[jnp.arange(b)[:, None], positions].set(corrupted)
+  new_ids = ids.at[jnp.arange(b)[:, None], positions].set(corrupted.astype(ids.dtype))
   return dict(ids=new_ids, positions=positions, labels=labels,
               weights=valid.astype(jnp.float32))
 

@@ -103,8 +103,10 @@ def write(rows, correlations, out_dir: str, *, tolerance=None) -> dict[str, str]
     f.write(markdown(cols, table))
   with open(paths["report"], "w") as f:
     f.write("# Flatness versus downstream accuracy\n\n")
+    scope = ("all checkpoints" if tolerance is None
+             else f"checkpoints with eval/loss_gap <= {tolerance} nats")
     f.write(f"{len({r['run'] for r in rows})} runs, {len(rows)} checkpoints. Correlations use "
-            f"checkpoints with eval/loss_gap <= {tolerance} nats; 95% bootstrap intervals.\n\n")
+            f"{scope}; 95% bootstrap intervals.\n\n")
     f.write("## Correlations\n\n" + markdown(corr_cols, corr) + "\n## Checkpoints\n\n")
     f.write(markdown(cols, table))
   flat, acc = analysis.measure_names(rows)

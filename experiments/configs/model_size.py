@@ -31,9 +31,9 @@ def _sizes(sizes):
 def get_config(variant: str = "pcfg_small"):
   if variant == "tiny":
     c = experiment.tiny(experiment.make("model_size", pretrain.base()))
-    c.sweep = tuple(_sizes([(16, 1, 1), (32, 2, 2)]))
+    c.sweep = tuple(_sizes([(16, 1, 1), (32, 1, 2)]))
     c.measure.metrics = "trace,trace_enlarged,loss"
-    c.measure.enlarge_to = "32,2,2,128"
+    c.measure.enlarge_to = "32,1,2,128"
     return c
   if variant == "pcfg_small":
     c = experiment.make("model_size", experiment.small_pretrain(num_steps=6000),
