@@ -53,6 +53,8 @@ def main(argv):
   corr = [c for c in analysis.correlate(
       rows, tolerance=experiment.tolerance(config)) if c.scope == "all"]
   print("\nSpearman correlation across checkpoints (95% bootstrap interval):")
+  if not corr:
+    print("  (needs at least 3 checkpoints with both metrics)")
   for c in corr:
     print(f"  {c.flatness} vs {c.accuracy}: {c.spearman:+.2f} [{c.spearman_lo:+.2f}, "
           f"{c.spearman_hi:+.2f}], n={c.n}")

@@ -128,3 +128,22 @@ def test_launcher_dry_runs_print_the_expected_command_lines():
   assert "nohup python -m experiments.run --workdir=gs://b/x" in run[0][-1]
   with pytest.raises(ValueError, match="unknown action"):
     tpu_vm.commands("reboot", name="v", zone="z")
+
+
+def test_a_checkpoint_cut_off_mid_write_leaves_the_last_good_one(tmp_path):
+  """A process killed while orbax writes step 10 leaves a temporary directory behind;
+  the run resumes from step 5 and finishes with the uninterrupted run's parameters."""
+  c = pretrain.get_config("tiny")
+  c.update_from_flattened_dict(dict(OVERRIDES, **{"train.num_steps": 5}))
+  mesh = sharding.make_mesh(1)
+  trainer.train(c, str(tmp_path / "cut"), setup=trainer.build(c, mesh=mesh))
+  partial = tmp_path / "cut" / "checkpoints" / "10.orbax-checkpoint-tmp-1700000000000000"
+  (partial / "state").mkdir(parents=True)
+  (partial / "state" / "garbage").write_bytes(b"\0" * 100)
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "cut" / "checkpoints"))
+  assert ckpt.latest_step() == 5
+  ckpt.close()
+  c.train.num_steps = 10
+  cut = trainer.train(c, str(tmp_path / "cut"), setup=trainer.build(c, mesh=mesh))
+  straight = trainer.train(c, str(tmp_path / "straight"), setup=trainer.build(c, mesh=mesh))
+  _assert_close(jax.device_get(cut.state.params), jax.device_get(straight.state.params))
