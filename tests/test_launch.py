@@ -30,9 +30,22 @@ def _pretrain(workdir, *extra):
   return [sys.executable, "-m", "experiments.pretrain", f"--workdir={workdir}", *TINY, *extra]
 
 
-def _final_params(workdir, steps):
+def _config(steps, checkpoint_every=5):
   c = pretrain.get_config("tiny")
-  c.update_from_flattened_dict(dict(OVERRIDES, **{"train.num_steps": steps}))
+  c.update_from_flattened_dict(dict(OVERRIDES, **{"train.num_steps": steps,
+                                                  "train.checkpoint_every": checkpoint_every}))
+  return c
+
+
+def _train_here(workdir, steps, devices, checkpoint_every=5):
+  """The reference run, in this process (cheaper than a subprocess)."""
+  c = _config(steps, checkpoint_every)
+  return jax.device_get(trainer.train(c, str(workdir), setup=trainer.build(
+      c, mesh=sharding.make_mesh(devices))).state.params)
+
+
+def _final_params(workdir, steps):
+  c = _config(steps)
   setup = trainer.build(c, mesh=sharding.make_mesh(1))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
@@ -60,19 +73,18 @@ def _assert_close(a, b):
 
 
 def test_two_processes_train_like_one(tmp_path):
-  one, two = tmp_path / "one", tmp_path / "two"
+  two = tmp_path / "two"
   steps = ["--config.train.num_steps=10"]
-  subprocess.run(_pretrain(one, *steps), check=True, cwd=REPO, env=_env(2), timeout=600,
-                 capture_output=True)
   codes = local.launch(_pretrain(two, *steps), 2, devices_per_process=1, cwd=REPO,
                        timeout=600, log_dir=str(tmp_path), env=_env(1))
   assert codes == [0, 0], open(tmp_path / "process_1.log").read()[-3000:]
-  _assert_close(_final_params(str(one), 10), _final_params(str(two), 10))
+  _assert_close(_train_here(tmp_path / "one", 10, devices=2), _final_params(str(two), 10))
 
 
 def test_sigterm_then_relaunch_equals_an_uninterrupted_run(tmp_path):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  steps = ["--config.train.num_steps=400"]
+  # Few regular checkpoints: the one that matters is the one SIGTERM forces.
+  steps = ["--config.train.num_steps=400", "--config.train.checkpoint_every=200"]
   proc = subprocess.Popen(_pretrain(resumed, *steps), cwd=REPO, env=_env(1),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   metrics = resumed / "metrics.jsonl"
@@ -87,9 +99,8 @@ def test_sigterm_then_relaunch_equals_an_uninterrupted_run(tmp_path):
   assert 0 < stopped_at < 400
   subprocess.run(_pretrain(resumed, *steps), check=True, cwd=REPO, env=_env(1), timeout=600,
                  capture_output=True)
-  subprocess.run(_pretrain(straight, *steps), check=True, cwd=REPO, env=_env(1), timeout=600,
-                 capture_output=True)
-  _assert_close(_final_params(str(straight), 400), _final_params(str(resumed), 400))
+  _assert_close(_train_here(straight, 400, devices=1, checkpoint_every=200),
+                _final_params(str(resumed), 400))
 
 
 def test_sweep_expands_to_one_command_and_workdir_per_run():
@@ -133,8 +144,7 @@ def test_launcher_dry_runs_print_the_expected_command_lines():
 def test_a_checkpoint_cut_off_mid_write_leaves_the_last_good_one(tmp_path):
   """A process killed while orbax writes step 10 leaves a temporary directory behind;
   the run resumes from step 5 and finishes with the uninterrupted run's parameters."""
-  c = pretrain.get_config("tiny")
-  c.update_from_flattened_dict(dict(OVERRIDES, **{"train.num_steps": 5}))
+  c = _config(5)
   mesh = sharding.make_mesh(1)
   trainer.train(c, str(tmp_path / "cut"), setup=trainer.build(c, mesh=mesh))
   partial = tmp_path / "cut" / "checkpoints" / "10.orbax-checkpoint-tmp-1700000000000000"
