@@ -1,7 +1,7 @@
 r"""Runs an experiment: its sweep of pre-training runs, measurement, probes and analysis.
 
   python -m experiments.run --config=experiments/configs/algorithm.py:pcfg_small \
-      --workdir=runs/algorithm [--runs=adamw,sgd] [--stages=pretrain,measure,downstream]
+      --workdir=runs/algorithm [--runs=adamw,sgd] [--noanalyze]
 
 Each run lives in <workdir>/<run name>; rerunning continues where it stopped.
 The report (tables, correlations, figures) goes to <workdir>/report. See

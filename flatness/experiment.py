@@ -23,6 +23,7 @@ import dataclasses
 import os
 import time
 
+import jax
 import ml_collections
 from absl import logging
 
@@ -119,7 +120,7 @@ def run_experiment(config, workdir: str, *, only=(), mesh=None, analyze_after=Tr
   for run in runs:
     timings[run.name] = run_one(run, os.path.join(workdir, run.name), mesh=mesh)
   paths = {}
-  if analyze_after:
+  if analyze_after and jax.process_index() == 0:   # one writer of the report
     done = [os.path.join(workdir, r.name) for r in expand(config)
             if os.path.exists(os.path.join(workdir, r.name, "metrics.jsonl"))]
     paths = analyze(config, done, os.path.join(workdir, "report"))
