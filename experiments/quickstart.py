@@ -44,14 +44,13 @@ def main(argv):
     print(f"== {stage} ({workdir})", flush=True)
     stages.update(experiment.run_one(run, workdir, stages=(stage,)))
   t0 = time.perf_counter()
-  paths = experiment.analyze(config, [workdir], os.path.join(root, "report"))
+  result = experiment.analyze(config, [workdir], os.path.join(root, "report"))
   stages["analysis"] = time.perf_counter() - t0
-  rows = analysis.gather([workdir])
+  rows, paths = result.rows, result.paths
   _, accs = analysis.measure_names(rows)
   lookups = sorted({k for r in rows for k in r if k.endswith("/lookup_acc")})
   print("\n" + report.print_table(rows, list(_COLUMNS) + accs + lookups[:3]))
-  corr = [c for c in analysis.correlate(
-      rows, tolerance=experiment.tolerance(config)) if c.scope == "all"]
+  corr = [c for c in result.correlations if c.scope == "all"]
   print("\nSpearman correlation across checkpoints (95% bootstrap interval):")
   if not corr:
     print("  (needs at least 3 checkpoints with both metrics)")

@@ -105,23 +105,31 @@ def tolerance(config) -> float | None:
   return None if tol is None or tol < 0 else float(tol)
 
 
-def analyze(config, workdirs, out_dir: str) -> dict[str, str]:
+@dataclasses.dataclass
+class Analysis:
+  rows: list[dict]                          # one per (run, checkpoint)
+  correlations: list[analysis.Correlation]
+  paths: dict[str, str]                     # report files, by name
+
+
+def analyze(config, workdirs, out_dir: str) -> Analysis:
+  """Gathers the runs, correlates flatness with accuracy, writes the report."""
   tol = tolerance(config)
   rows = analysis.gather(workdirs)
   corr = analysis.correlate(rows, tolerance=tol,
                             num_bootstrap=int(config.analysis.get("num_bootstrap", 1000)))
-  return report.write(rows, corr, out_dir, tolerance=tol)
+  return Analysis(rows, corr, report.write(rows, corr, out_dir, tolerance=tol))
 
 
 def run_experiment(config, workdir: str, *, only=(), mesh=None, analyze_after=True):
   """Runs the sweep (or the runs named in ``only``) and the analysis of all done runs."""
-  runs = select(expand(config), only)
+  runs = expand(config)
   timings = {}
-  for run in runs:
+  for run in select(runs, only):
     timings[run.name] = run_one(run, os.path.join(workdir, run.name), mesh=mesh)
   paths = {}
   if analyze_after and jax.process_index() == 0:   # one writer of the report
-    done = [os.path.join(workdir, r.name) for r in expand(config)
+    done = [os.path.join(workdir, r.name) for r in runs
             if os.path.exists(os.path.join(workdir, r.name, "metrics.jsonl"))]
-    paths = analyze(config, done, os.path.join(workdir, "report"))
+    paths = analyze(config, done, os.path.join(workdir, "report")).paths
   return timings, paths

@@ -41,17 +41,15 @@ def _nll(logits, labels):
 def _fisher_signs_fn(logits_fn, with_batch):
   def one(params, key, *batch):
     k_y, k_r = jax.random.split(key)
-    logits, w = logits_fn(params, *batch)
-    y = jax.random.categorical(k_y, jax.lax.stop_gradient(logits))
+    # One forward pass: sample y from it, then pull the cotangent of
+    # sum_n r_n sqrt(w_n) l_n (d l_n / d logits = softmax - onehot(y)) back through it.
+    (logits, w), pullback = jax.vjp(lambda p: logits_fn(p, *batch), params)
+    y = jax.random.categorical(k_y, logits)
     r = jax.random.rademacher(k_r, w.shape, logits.dtype)
-    total = jnp.maximum(jnp.sum(w), 1.0)
-
-    def signed(p):
-      lg, wt = logits_fn(p, *batch)
-      return jnp.sum(r * jnp.sqrt(wt) * _nll(lg, y))
-
-    g = jax.grad(signed)(params)
-    return hs.vdot(g, g) / total
+    dlogits = (r * jnp.sqrt(w))[..., None] * (
+        jax.nn.softmax(logits) - jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype))
+    (g,) = pullback((dlogits, jnp.zeros_like(w)))
+    return hs.vdot(g, g) / jnp.maximum(jnp.sum(w), 1.0)
   return jax.jit(jax.vmap(one, in_axes=(None, 0) + ((None,) if with_batch else ())))
 
 
@@ -86,17 +84,9 @@ def _ggn_fn(logits_fn, kind, with_batch):
 
 
 def _run(fn, params, key, batches, num_samples, chunk):
-  groups = [None] if batches is None else list(batches)
-  chunk = min(chunk, num_samples)
-  padded = -(-num_samples // chunk) * chunk
-  per_group = []
-  for g, batch in enumerate(groups):
-    keys = jax.random.split(jax.random.fold_in(key, g), padded)
-    args = () if batch is None else (batch,)
-    out = [fn(params, keys[s:s + chunk], *args) for s in range(0, padded, chunk)]
-    per_group.append(np.concatenate(jax.device_get(out)).astype(np.float64)[:num_samples])
+  per_group = hs.samples_per_batch(fn, params, key, batches, num_samples, chunk)
   mean, se = hs.stratified(per_group)
-  return float(mean), float(se), len(groups) * num_samples
+  return float(mean), float(se), len(per_group) * num_samples
 
 
 def fisher_trace(logits_fn: Callable, params, key, *, batches: Sequence[Any] | None = None,

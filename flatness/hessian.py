@@ -190,6 +190,22 @@ def flattener(params: PyTree, mask_leaves: Sequence[bool]):
   return n, ravel, unravel
 
 
+def samples_per_batch(fn, params, key, batches, num: int, chunk: int) -> list[np.ndarray]:
+  """``num`` samples of a vmapped estimator ``fn(params, keys [c], *batch) -> [c, ...]`` for
+  each batch (or once, for a closed-over loss), in equal chunks of ``c`` keys so that
+  ``fn`` compiles once; batch ``g`` draws its keys from ``fold_in(key, g)``."""
+  groups = [None] if batches is None else list(batches)
+  chunk = min(chunk, num)
+  padded = -(-num // chunk) * chunk
+  out = []
+  for g, batch in enumerate(groups):
+    keys = jax.random.split(jax.random.fold_in(key, g), padded)
+    args = () if batch is None else (batch,)
+    rows = [fn(params, keys[s:s + chunk], *args) for s in range(0, padded, chunk)]
+    out.append(np.concatenate(jax.device_get(rows)).astype(np.float64)[:num])
+  return out
+
+
 def stratified(samples: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
   """Mean and standard error of ``mean_g E[X_g]`` from independent samples of each group.
 

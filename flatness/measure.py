@@ -68,7 +68,6 @@ class Measurer:
 
   def __init__(self, setup: trainer.Setup, cfg, batches):
     self.setup, self.cfg, self.batches = setup, cfg, batches
-    self._big = None
     obj = setup.objective
     self.loss_fn = lambda params, batch: obj.loss(params, batch)
     self.logits_fn = lambda params, batch: (obj.logits(params, batch), batch["weights"])
@@ -76,26 +75,24 @@ class Measurer:
     unknown = set(self.metrics) - set(METRICS)
     if unknown:
       raise ValueError(f"measure.metrics: unknown {sorted(unknown)}; choose from {METRICS}")
+    self.large = self._enlarged_loss() if "trace_enlarged" in self.metrics else None
 
-  def _enlarged(self, params):
-    """The loss of the large architecture ``enlarge_to`` and ``params`` embedded in it."""
+  def _enlarged_loss(self):
+    """(large config, loss of the architecture ``enlarge_to``), built once so that the
+    compiled estimators are reused from checkpoint to checkpoint."""
     target = self.cfg.get("enlarge_to", "")
     if not target:
       raise ValueError("measure.enlarge_to: trace_enlarged needs a target architecture "
                        "(a preset name, or hidden,layers,heads,mlp)")
-    small = self.setup.model_cfg
     if target in presets.PRESETS:
       fields = presets.preset_fields(target)
     else:
       h, l, n, f = (int(x) for x in str(target).split(","))
       fields = dict(hidden_size=h, num_layers=l, num_heads=n, mlp_dim=f)
-    if self._big is None:   # one loss function, so that compiled estimators are reused
-      large = dataclasses.replace(small, **fields)
-      enlargement.check_compatible(small, large)
-      obj = Objective(Transformer(large), self.setup.objective.spec)
-      self._big = (large, lambda p, batch: obj.loss(p, batch))
-    large, loss_fn = self._big
-    return loss_fn, enlargement.enlarge(params, small, large)
+    large = dataclasses.replace(self.setup.model_cfg, **fields)
+    enlargement.check_compatible(self.setup.model_cfg, large)
+    obj = Objective(Transformer(large), self.setup.objective.spec)
+    return large, lambda p, batch: obj.loss(p, batch)
 
   @property
   def metrics(self) -> list[str]:
@@ -114,7 +111,8 @@ class Measurer:
                                   include=self.include, chunk=c.trace.chunk, **common)
         out.update(est.as_metrics("trace"))
       elif name == "trace_enlarged":
-        loss_fn, big = self._enlarged(params)
+        large, loss_fn = self.large
+        big = enlargement.enlarge(params, self.setup.model_cfg, large)
         est = trace.hessian_trace(loss_fn, big, k, num_probes=c.trace.num_probes,
                                   method=c.trace.method, probe=c.trace.probe,
                                   include=self.include, chunk=c.trace.chunk, **common)

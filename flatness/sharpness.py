@@ -32,21 +32,22 @@ def _mean_fns(loss_fn):
   def value(params, stacked):
     return hs.mean_over_batches(
         lambda b=None: loss_fn(params) if b is None else loss_fn(params, b), stacked)
-  return jax.jit(value), jax.jit(jax.grad(value))
+  return jax.jit(value), jax.jit(jax.value_and_grad(value))
 
 
 class MeanLoss:
-  """Value and gradient of the mean loss over batches (one compiled loop over them)."""
+  """Value (and gradient) of the mean loss over batches (one compiled loop over them)."""
 
   def __init__(self, loss_fn, batches=None):
     self.stacked = hs.stack_batches(batches)
-    self._value, self._grad = _mean_fns(loss_fn)
+    self._value, self._value_and_grad = _mean_fns(loss_fn)
 
   def value(self, params) -> float:
     return float(self._value(params, self.stacked))
 
-  def grad(self, params):
-    return self._grad(params, self.stacked)
+  def value_and_grad(self, params):
+    value, grad = self._value_and_grad(params, self.stacked)
+    return float(value), grad
 
 
 def _masked(tree, mask):
@@ -76,13 +77,14 @@ def worst_case_sharpness(loss_fn: Callable, params, key, rho: float, *, steps: i
     return 0.0
   scale = jax.tree.map(jnp.abs, params) if adaptive else jax.tree.map(jnp.ones_like, params)
   perturb = lambda delta: jax.tree.map(lambda p, s, d: p + s * d, params, scale, delta)
-  delta = _masked(hs.probe(key, params, "gaussian"), mask)
+  delta = hs.probe(key, params, "gaussian", mask)
   delta = jax.tree.map(lambda d: d * rho / _norm(delta), delta)
   step_size = 10 * rho if step_size is None else step_size
   best = 0.0
   for _ in range(steps):
-    best = max(best, loss.value(perturb(delta)) - base)
-    g = _masked(jax.tree.map(lambda s, x: s * x, scale, loss.grad(perturb(delta))), mask)
+    value, grad = loss.value_and_grad(perturb(delta))
+    best = max(best, value - base)
+    g = _masked(jax.tree.map(lambda s, x: s * x, scale, grad), mask)
     gn = _norm(g)
     if not gn > 0:
       break
@@ -100,7 +102,7 @@ def average_sharpness(loss_fn: Callable, params, key, sigma: float, *, num_sampl
   base = loss.value(params)
   samples = []
   for i in range(num_samples):
-    eps = _masked(hs.probe(jax.random.fold_in(key, i), params, "gaussian"), mask)
+    eps = hs.probe(jax.random.fold_in(key, i), params, "gaussian", mask)
     up = loss.value(jax.tree.map(lambda p, e: p + sigma * e, params, eps))
     down = loss.value(jax.tree.map(lambda p, e: p - sigma * e, params, eps))
     samples.append(0.5 * (up + down) - base)

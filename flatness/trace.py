@@ -71,19 +71,11 @@ def _hutchinson(loss_fn, params, key, batches, num_probes, kind, mask, chunk):
   names, ids = hs.module_index(params, mask)
   forms = _forms(loss_fn, kind, tuple(jax.tree.leaves(mask)), tuple(jax.tree.leaves(ids)),
                  len(names), batches is not None)
-  groups = [None] if batches is None else list(batches)
-  chunk = min(chunk, num_probes)
-  padded = -(-num_probes // chunk) * chunk     # equal chunks: one compilation
-  per_group = []
-  for g, batch in enumerate(groups):
-    keys = jax.random.split(jax.random.fold_in(key, g), padded)
-    args = () if batch is None else (batch,)
-    rows = [forms(params, keys[s:s + chunk], *args) for s in range(0, padded, chunk)]
-    samples = np.concatenate(jax.device_get(rows)).astype(np.float64)[:num_probes]
-    per_group.append(np.concatenate([samples, samples.sum(axis=1, keepdims=True)], axis=1))
+  per_group = [np.concatenate([x, x.sum(axis=1, keepdims=True)], axis=1)   # + the total
+               for x in hs.samples_per_batch(forms, params, key, batches, num_probes, chunk)]
   mean, se = hs.stratified(per_group)                             # [modules + 1]
   per_module = {n: (float(mean[i]), float(se[i])) for i, n in enumerate(names)}
-  return TraceEstimate(float(mean[-1]), float(se[-1]), len(groups) * num_probes, "hutchinson",
+  return TraceEstimate(float(mean[-1]), float(se[-1]), len(per_group) * num_probes, "hutchinson",
                        per_module)
 
 
