@@ -2,7 +2,8 @@
 
     pip install -e .            # CPU; the core install has no TensorFlow
     pip install -e '.[test]'    # + pytest, TensorBoard's event reader, hmmlearn, nltk
-    pip install -e '.[cuda]'    # + the CUDA 12 build of jaxlib
+    pip install -e '.[cuda12]'  # + the CUDA 12 build of jaxlib ('.[cuda]' is the same)
+    pip install -e '.[cuda13]'  # + the CUDA 13 build
     pip install -e '.[tpu]'     # + libtpu, on a TPU VM
 """
 import setuptools
@@ -34,6 +35,8 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8", "tensorboard>=2.15", "hmmlearn>=0.3", "nltk>=3.8"],
         "cuda": ["jax[cuda12]"],
+        "cuda12": ["jax[cuda12]"],
+        "cuda13": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],
     },
 )

@@ -8,7 +8,8 @@ One jitted `train_step` (AdamW, MLM with BERT masking, dropout 0.1) on
 sentences of the paper's PCFG shape (16 words + [CLS] + [SEP], sequence length
 32, vocabulary 200 words), data-parallel over all devices. Tokens/s counts
 padded positions (batch * 32 per step). FLOPs follow `flatness.flops`; MFU is
-printed where the device's peak is known.
+printed where the device's peak is known, always against its dense bf16 peak
+(so a float32 run's MFU shows what bf16 would leave on the table).
 """
 import time
 
@@ -70,7 +71,7 @@ def main(argv):
   dev = jax.devices()[0]
   print(f"# {jax.device_count()} x {dev.device_kind} ({dev.platform}), batch {_BATCH.value}, "
         f"seq {_SEQ}, dtype {_DTYPE.value}")
-  print("| preset | params (V=200) | step (ms) | tokens/s | TFLOP/s | MFU |")
+  print("| preset | params (V=200) | step (ms) | tokens/s | TFLOP/s | MFU (of bf16 peak) |")
   print("|---|---|---|---|---|---|")
   for p in _PRESETS.value:
     r = measure(p, _BATCH.value, _STEPS.value, _DTYPE.value)
