@@ -7,8 +7,11 @@ latest ``max_to_keep`` steps and, with ``keep_every = K``, every step that is a
 multiple of K for ever (the checkpoint series of the continue-training
 experiment). Orbax writes each step to a temporary directory and renames it
 when complete, so a process that dies mid-write never replaces the last good
-checkpoint.
+checkpoint. Saves run in a background thread; a save that fails there is
+raised by the next `check_for_errors` (which the trainer calls every log step),
+`save` or `wait`, naming the directory.
 """
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -20,6 +23,22 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 class IncompatibleCheckpointError(ValueError):
   """The workdir holds a checkpoint that the current config cannot restore."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (earlier checkpoints are untouched)."""
+
+
+def absolute(directory) -> str:
+  """``directory`` as an absolute local path; URIs (``gs://...``) unchanged.
+
+  Orbax's tensorstore writer refuses relative paths, and only when the
+  background save runs, so they are resolved here, up front.
+  """
+  directory = os.fspath(directory)
+  if "://" in directory:
+    return directory
+  return os.path.abspath(os.path.expanduser(directory))
 
 
 @dataclasses.dataclass
@@ -57,7 +76,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep),
         enable_async_checkpointing=async_save, create=True)
-    self.directory = os.fspath(directory)
+    self.directory = absolute(directory)
     # Explicit handlers let a fresh manager read the metadata of an existing run.
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
@@ -71,8 +90,35 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, meta: dict) -> None:
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)))
+    with self._naming_failures():
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      meta=ocp.args.JsonSave(meta)))
+
+  def check_for_errors(self) -> None:
+    """Raises `CheckpointSaveError` if a background save has failed."""
+    with self._naming_failures():
+      self.manager.check_for_errors()
+      # The manager's finalize thread keeps a failure to itself until someone waits on
+      # it; once no save is in progress, waiting costs nothing and surfaces it.
+      if not self.manager.is_saving_in_progress():
+        self.manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _naming_failures(self):
+    try:
+      yield
+    except (IncompatibleCheckpointError, KeyboardInterrupt):
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointSaveError(
+          f"saving a checkpoint in {self.directory} failed ({type(e).__name__}: {e}); "
+          f"checkpoints already there are untouched (latest: {self._finished_step()})") from e
+
+  def _finished_step(self):
+    try:
+      return self.manager.latest_step()
+    except Exception:  # pylint: disable=broad-except
+      return "unknown"
 
   def restore_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -93,8 +139,11 @@ class Checkpointer:
     return Restored(state=out["state"], meta=out["meta"])
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._naming_failures():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()

@@ -226,6 +226,7 @@ def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transf
 
   def flush_metrics(step):
     nonlocal tokens_since, timer
+    ckpt.check_for_errors()   # a failed background save stops the run here, not steps later
     fetched = jax.device_get(pending)
     pending.clear()
     for s, m in fetched:

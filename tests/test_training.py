@@ -93,6 +93,26 @@ def test_resume_is_exact(tmp_path):
   assert a == b
 
 
+def test_relative_workdir_saves_and_resumes(tmp_path, monkeypatch):
+  """Orbax refuses relative paths, and only in its background thread: resolved up front."""
+  monkeypatch.chdir(tmp_path)
+  c = _small_config()
+  trainer.train(c, "runs/rel", stop_after=6)
+  assert trainer.train(c, "runs/rel").step == 12
+  assert checkpointing.Checkpointer("runs/rel/checkpoints").all_steps() == [6, 12]
+
+
+def test_failed_background_save_stops_the_run(tmp_path, monkeypatch):
+  """A save that fails in orbax's thread is raised at the next log step, naming the
+  directory, instead of the run training on without checkpoints."""
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(checkpointing, "absolute", lambda d: d)   # orbax: path not absolute
+  with pytest.raises(checkpointing.CheckpointSaveError, match="runs/bad/checkpoints"):
+    trainer.train(_small_config(), "runs/bad")
+  steps = [r["step"] for r in metric_writers.read_jsonl("runs/bad/metrics.jsonl")]
+  assert max(steps) < 12
+
+
 def test_tensorboard_reads_back_the_run(workdir):
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   trainer.train(_small_config(), workdir)
