@@ -107,8 +107,6 @@ class Checkpointer:
   def _naming_failures(self):
     try:
       yield
-    except (IncompatibleCheckpointError, KeyboardInterrupt):
-      raise
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointSaveError(
           f"saving a checkpoint in {self.directory} failed ({type(e).__name__}: {e}); "

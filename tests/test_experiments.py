@@ -7,9 +7,11 @@ import pytest
 from experiments.configs import algorithm
 from experiments.configs import continue_training
 from experiments.configs import model_size
+from experiments.configs import pretrain
 from flatness import analysis
 from flatness import experiment
 from flatness import metric_writers
+from flatness import run_config
 
 
 def _merged(workdir):
@@ -56,3 +58,21 @@ def test_sweep_errors_name_the_problem():
   config.sweep = ({"name": "x", "pretrain.optimizer.nme": "sgd"},)
   with pytest.raises(ValueError, match="pretrain.optimizer.nme"):
     experiment.expand(config)
+
+
+@pytest.mark.parametrize("module,variant", [
+    (pretrain, v) for v in ("tiny", "markov", "pcfg_small", "pcfg", "pcfg_2m", "pcfg_235m",
+                            "hmm", "teacher")] + [
+    (continue_training, v) for v in ("tiny", "pcfg_small", "pcfg", "pcfg_235m")] + [
+    (model_size, v) for v in ("tiny", "pcfg_small", "pcfg")] + [
+    (algorithm, v) for v in ("tiny", "pcfg_small", "pcfg_small_lambda", "pcfg", "pcfg_235m")])
+def test_every_documented_variant_is_a_valid_config(module, variant):
+  """No compilation: each variant named in a config docstring builds, expands and passes
+  the trainer's start-up checks on 8 devices."""
+  assert variant in module.__doc__ or "pcfg_<preset>" in module.__doc__
+  config = module.get_config(variant)
+  runs = experiment.expand(config) if module is not pretrain else [None]
+  for run in runs:
+    run_config.check_train(run.config.pretrain if run else config, 8)
+  with pytest.raises(ValueError, match="unknown variant"):
+    module.get_config("no_such_variant")
