@@ -1,12 +1,18 @@
-"""The transformer: shapes, masking semantics, tying, parameter counts."""
+"""The transformer: shapes, masking semantics, tying, parameter counts, FLOPs."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax.extend import core as jax_core
+
+from flatness import flops
 from flatness import presets
 from flatness import tokens as tok
 from flatness.model import Transformer, TransformerConfig, init_params, param_count
+from flatness.objectives import Objective
 
 
 def _cfg(**kw):
@@ -87,3 +93,37 @@ def test_bad_model_config_names_field():
     _cfg(hidden_size=0)
   with pytest.raises(ValueError, match="num_heads"):
     _cfg(hidden_size=10, num_heads=3)
+
+
+def _matmul_flops(jaxpr) -> int:
+  """2 x (output size) x (contracted size), summed over every dot_general, sub-jaxprs too."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in contract)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        if isinstance(sub, jax_core.ClosedJaxpr):
+          total += _matmul_flops(sub.jaxpr)
+        elif isinstance(sub, jax_core.Jaxpr):
+          total += _matmul_flops(sub)
+  return total
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flops_formula_counts_every_matmul(causal):
+  """`flatness.flops` (the MFU numerator) equals the matrix products in the traced loss,
+  and its gradient costs exactly twice the forward in matrix products."""
+  cfg = _cfg(vocab_size=40, seq_len=12, hidden_size=32, num_heads=4, mlp_dim=64, causal=causal)
+  objective = Objective(Transformer(cfg))
+  params = init_params(cfg, jax.random.key(0))
+  batch = dict(tokens=np.ones((3, 10), np.int32), lengths=np.full(3, 10, np.int32))
+  prepared = objective.prepare(jax.random.key(1), batch)
+  loss = lambda p: objective.loss(p, prepared)
+  slots = prepared["labels"].shape[1]     # MLM: the masked slots the head is applied to
+  forward = _matmul_flops(jax.make_jaxpr(loss)(params).jaxpr)
+  assert forward == 3 * flops.forward_flops(cfg, slots)
+  step = _matmul_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+  assert step == flops.train_step_flops(cfg, 3, slots)
