@@ -1,10 +1,12 @@
-"""PCFG: loader checks, and every probability against brute-force enumeration (float64)."""
+"""PCFG: loader checks, and every probability against brute-force enumeration (float64) and nltk."""
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nltk.grammar import Nonterminal, PCFG as NltkPCFG, ProbabilisticProduction
+from nltk.parse.pchart import InsideChartParser
 
 import brute_force
 from data_gen.language import Sentences
@@ -133,6 +135,27 @@ def test_sentence_probabilities_match_enumeration(case):
   total = sum(case["probs"].values())   # P(length <= max_len): the length filter
   expected = [np.log(case["probs"][s] / total) for s in case["sents"]]
   np.testing.assert_allclose(lp, expected, rtol=1e-10)
+
+
+def test_sentence_probabilities_match_nltk(case):
+  """nltk's inside chart parser, summing the probabilities of every parse, as an
+  independent implementation (ROOT -> start symbol carries the start distribution)."""
+  g = case["grammar"]
+  nts, root = [Nonterminal(n) for n in g.nonterminals], Nonterminal("ROOT<test>")
+  rules = [ProbabilisticProduction(root, [nts[a]], prob=float(p))
+           for a, p in enumerate(g.start) if p > 0]
+  rules += [ProbabilisticProduction(nts[a], [nts[b], nts[c]], prob=float(g.binary[a, b, c]))
+            for a, b, c in zip(*np.nonzero(g.binary))]
+  rules += [ProbabilisticProduction(nts[a], [g.words[w]], prob=float(g.emission[a, w]))
+            for a, w in zip(*np.nonzero(g.emission))]
+  parser = InsideChartParser(NltkPCFG(root, rules))
+  n = min(12, len(case["sents"]))
+  nltk_lp = [np.log(sum(t.prob() for t in parser.parse([g.words[w] for w in sent])))
+             for sent in case["sents"][:n]]
+  lp = case["lang"].log_prob(case["tokens"][:n], case["lengths"][:n])
+  # Ours is conditioned on the length filter: log p(s) - log P(length <= max_length).
+  np.testing.assert_allclose(lp - np.array(nltk_lp), -np.log(sum(case["probs"].values())),
+                             atol=1e-10)
 
 
 def test_single_masked_conditionals_match_enumeration(case):
