@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import resume_check
 from data_gen.markov import MarkovChain
 from experiments.configs import pretrain
 from flatness import checkpointing
@@ -79,18 +80,7 @@ def test_grad_accumulation_equals_full_batch():
 
 def test_resume_is_exact(tmp_path):
   """2K steps straight == K steps, stop, resume, K more: parameters and metrics."""
-  c = _small_config()
-  straight = trainer.train(c, str(tmp_path / "a"))
-  trainer.train(c, str(tmp_path / "b"), stop_after=6)
-  assert checkpointing.Checkpointer(str(tmp_path / "b" / "checkpoints")).latest_step() == 6
-  resumed = trainer.train(c, str(tmp_path / "b"))
-  assert resumed.step == straight.step == 12
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.state.params),
-               jax.device_get(resumed.state.params))
-  strip = lambda recs: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in recs]
-  a = strip(metric_writers.read_jsonl(str(tmp_path / "a" / "metrics.jsonl")))
-  b = strip(metric_writers.read_jsonl(str(tmp_path / "b" / "metrics.jsonl")))
-  assert a == b
+  resume_check.assert_resume_is_exact(_small_config(), str(tmp_path), stop_after=6)
 
 
 def test_relative_workdir_saves_and_resumes(tmp_path, monkeypatch):
