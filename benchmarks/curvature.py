@@ -21,7 +21,6 @@ from absl import app
 from absl import flags
 
 from flatness import hessian as hs
-from flatness import masking
 from flatness import presets
 from flatness import tokens as tok
 from flatness import trace

@@ -10,8 +10,14 @@ on the current features, so that the gradient of ``J`` pushes the features away
 from anything a linear head can use while the MLM loss keeps the model at its
 optimum. Following the authors' description:
 
-* features ``f_i``: the tanh-pooled ``[CLS]`` state of the clean sentence
-  ``i`` (no masks, no dropout), L2-normalised;
+* features ``f_i`` of the clean sentence ``i`` (no masks, no dropout),
+  L2-normalised. The authors pool ``[CLS]``; in our models the tanh pooler gets
+  no MLM gradient, is excluded from the trace and is never read by the paper's
+  concatenated-feature probe, so attacking it changes nothing the probe sees
+  (measured: task A unchanged). By default (``features='concat'``) the
+  adversary attacks exactly what the linear probe reads: the final hidden
+  states of the word positions, concatenated (`flatness.probe.encoder_features`);
+  ``'mean'`` and ``'cls'`` (the authors' choice) are offered too;
 * targets ``y_i``: the one-hot downstream label minus ``1/K`` (centred);
 * the first ``fit_fraction`` (7/8) of the batch fits kernel ridge regression,
   ``alpha = (F_fit F_fit^T + ridge I)^-1 Y_fit``; the rest validates it:
@@ -27,7 +33,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from flatness import tokens as tok
+from flatness import probe
 from flatness.objectives import Objective
 
 
@@ -38,6 +44,7 @@ class AdversarialConfig:
   lam: float = 1.0          # weight of the head's validation loss (subtracted)
   ridge: float = 1e-3       # kernel ridge regulariser (the authors' value)
   fit_fraction: float = 0.875
+  features: str = "concat"  # what the head reads: concat (the probe's) | mean | cls
 
 
 def ridge_validation_loss(features, labels, num_classes: int, *, ridge: float = 1e-3,
@@ -61,9 +68,6 @@ def ridge_validation_loss(features, labels, num_classes: int, *, ridge: float = 
   return jnp.mean(jnp.sum((pred - y_val) ** 2, axis=-1))
 
 
-def pooled_features(objective: Objective, params, raw_batch):
-  ids = tok.encode(raw_batch["tokens"], raw_batch["lengths"], objective.model.cfg.seq_len)
-  return objective.model.apply({"params": params}, ids, True, method="pool")
 
 
 def make_loss_transform(objective: Objective, cfg: AdversarialConfig):
@@ -74,8 +78,10 @@ def make_loss_transform(objective: Objective, cfg: AdversarialConfig):
     del prepared, rng
     if cfg.lam == 0:
       return loss
-    r = ridge_validation_loss(pooled_features(objective, params, raw), raw[label_key],
-                              cfg.num_classes, ridge=cfg.ridge, fit_fraction=cfg.fit_fraction)
+    feats = probe.encoder_features(objective, params, raw["tokens"], raw["lengths"],
+                                   cfg.features)
+    r = ridge_validation_loss(feats, raw[label_key], cfg.num_classes, ridge=cfg.ridge,
+                              fit_fraction=cfg.fit_fraction)
     return loss - cfg.lam * r
 
   return transform
@@ -92,5 +98,9 @@ def from_config(config, language, objective: Objective):
                      f"{sorted(tasks) or 'none'}")
   cfg = AdversarialConfig(task=adv.task, num_classes=tasks[adv.task].num_classes,
                           lam=float(adv.lam), ridge=float(adv.get("ridge", 1e-3)),
-                          fit_fraction=float(adv.get("fit_fraction", 0.875)))
+                          fit_fraction=float(adv.get("fit_fraction", 0.875)),
+                          features=str(adv.get("features", "concat")))
+  if cfg.features not in probe.FEATURES:
+    raise ValueError(f"adversarial.features: unknown {cfg.features!r}; choose from "
+                     f"{probe.FEATURES}")
   return make_loss_transform(objective, cfg), (adv.task,)

@@ -11,7 +11,6 @@ import json
 import os
 from typing import Callable
 
-import jax
 import ml_collections
 from absl import logging
 

@@ -7,9 +7,16 @@ algorithm}.py``) holds four sections and a sweep:
   pretrain    a full `experiments/configs/pretrain.py` config: the shared recipe
   measure     a `experiments/configs/measure.py` config (curvature metrics)
   downstream  a `experiments/configs/downstream.py` config (probes, lookup baseline)
-  analysis    ``tolerance``: loss gap (nats) under which checkpoints are correlated
-  sweep       a tuple of dicts, one per run: ``name`` plus dotted overrides of the
+  analysis    ``tolerance``: loss gap (nats) under which checkpoints are correlated;
+              ``evaluate``: ``all`` checkpoints are measured and probed, or only those
+              ``within_tolerance`` (the ones the correlations use)
+  sweep       a tuple of dicts, one per recipe: ``name`` plus dotted overrides of the
               sections above, e.g. ``{"name": "sgd", "pretrain.optimizer.name": "sgd"}``
+  seeds       pre-training seeds per recipe (default 1). With ``seeds = N > 1`` each
+              recipe runs N times as ``<name>_seed<k>`` with ``pretrain.seed = k``
+              (model init, masks, dropout and the sampled training sentences; the
+              language itself, ``pretrain.data.seed``, stays), and the analysis reports
+              across-seed intervals and bootstraps over runs
 
 `run_experiment` runs every run of the sweep (or the named ones) in
 ``<workdir>/<name>``: pre-training (`flatness.trainer`), then every checkpoint
@@ -30,6 +37,7 @@ from absl import logging
 from flatness import analysis
 from flatness import downstream
 from flatness import measure
+from flatness import metric_writers
 from flatness import report
 from flatness import trainer
 
@@ -41,11 +49,14 @@ class Run:
 
 
 def expand(config) -> list[Run]:
-  """One `Run` per sweep entry (the base config alone when the sweep is empty)."""
+  """One `Run` per sweep entry and seed (the base config alone when the sweep is empty)."""
   entries = list(config.get("sweep") or ()) or [dict(name="base")]
   names = [e.get("name") for e in entries]
   if None in names or len(set(names)) != len(names):
     raise ValueError(f"sweep: every entry needs a distinct 'name'; got {names}")
+  seeds = int(config.get("seeds", 1))
+  if seeds < 1:
+    raise ValueError(f"seeds must be a positive number of pre-training seeds, got {seeds}")
   runs = []
   for entry in entries:
     c = copy.deepcopy(config)
@@ -55,9 +66,12 @@ def expand(config) -> list[Run]:
     for key in overrides:
       _check_key(c, key)
     c.update_from_flattened_dict(overrides)
-    c.pretrain.name = entry["name"]
     c.pretrain.experiment = config.name
-    runs.append(Run(entry["name"], c))
+    for k in range(seeds):
+      r = copy.deepcopy(c)
+      name = entry["name"] if seeds == 1 else f"{entry['name']}_seed{k}"
+      r.pretrain.update(name=name, group=entry["name"], seed=int(c.pretrain.seed) + k)
+      runs.append(Run(name, r))
   return runs
 
 
@@ -79,6 +93,22 @@ def select(runs: list[Run], only) -> list[Run]:
   return [r for r in runs if r.name in set(only)]
 
 
+def steps_to_evaluate(config, workdir: str) -> list[int] | None:
+  """Checkpoint steps that measurement and probes visit: None (all of them), or with
+  ``analysis.evaluate = "within_tolerance"`` only those whose ``eval/loss_gap`` is at most
+  the tolerance: the only ones the correlations use, and the costly part of a run."""
+  mode = config.analysis.get("evaluate", "all")
+  if mode not in ("all", "within_tolerance"):
+    raise ValueError(f"analysis.evaluate: {mode!r}; choose 'all' or 'within_tolerance'")
+  tol = tolerance(config)
+  if mode == "all" or tol is None:
+    return None
+  path = os.path.join(workdir, metric_writers.JSONL)
+  gaps = {int(r["step"]): r["eval/loss_gap"] for r in metric_writers.read_jsonl(path)
+          if "eval/loss_gap" in r}
+  return sorted(s for s, g in gaps.items() if g <= tol)
+
+
 def run_one(run: Run, workdir: str, *, mesh=None, stages=("pretrain", "measure",
                                                             "downstream")) -> dict:
   """Pre-trains, measures and probes one run; returns seconds per stage."""
@@ -87,13 +117,20 @@ def run_one(run: Run, workdir: str, *, mesh=None, stages=("pretrain", "measure",
     t0 = time.perf_counter()
     trainer.train(c.pretrain, workdir, setup=trainer.build(c.pretrain, mesh=mesh))
     times["pretrain"] = time.perf_counter() - t0
+  steps = None
+  if {"measure", "downstream"} & set(stages):
+    steps = steps_to_evaluate(c, workdir)
+    if steps == []:
+      logging.warning("run %s: no checkpoint within the loss-gap tolerance %s; nothing to "
+                      "measure or probe", run.name, tolerance(c))
+      return times
   if "measure" in stages:
     t0 = time.perf_counter()
-    measure.measure_run(workdir, c.measure, mesh=mesh)
+    measure.measure_run(workdir, c.measure, steps=steps, mesh=mesh)
     times["measure"] = time.perf_counter() - t0
   if "downstream" in stages:
     t0 = time.perf_counter()
-    downstream.evaluate_run(workdir, c.downstream, mesh=mesh)
+    downstream.evaluate_run(workdir, c.downstream, steps=steps, mesh=mesh)
     times["downstream"] = time.perf_counter() - t0
   logging.info("run %s: %s", run.name, ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
   return times

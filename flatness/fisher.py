@@ -27,7 +27,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from flatness import hessian as hs
 from flatness.trace import TraceEstimate
@@ -83,28 +82,36 @@ def _ggn_fn(logits_fn, kind, with_batch):
   return jax.jit(jax.vmap(one, in_axes=(None, 0) + ((None,) if with_batch else ())))
 
 
-def _run(fn, params, key, batches, num_samples, chunk):
+def _run(fn, params, key, batches, num_samples, chunk, error):
+  error = hs.resolve_error(error, batches)
   per_group = hs.samples_per_batch(fn, params, key, batches, num_samples, chunk)
-  mean, se = hs.stratified(per_group)
-  return float(mean), float(se), len(per_group) * num_samples
+  mean, se = hs.pooled(per_group, error)
+  return float(mean), float(se), len(per_group) * num_samples, error
 
 
 def fisher_trace(logits_fn: Callable, params, key, *, batches: Sequence[Any] | None = None,
-                 num_samples: int = 16, method: str = "signs", chunk: int = 4) -> TraceEstimate:
-  """``tr F`` with labels sampled from the model (see module docstring)."""
+                 num_samples: int = 16, method: str = "signs", chunk: int = 4,
+                 error: str | None = None) -> TraceEstimate:
+  """``tr F`` with labels sampled from the model (see module docstring).
+
+  ``num_samples`` per batch; ``error`` as in `flatness.trace.hessian_trace`
+  (population: the batches are independent draws and the error covers them).
+  """
   if method == "signs":
     fn = _fisher_signs_fn(logits_fn, batches is not None)
   elif method == "per_example":
     fn = _fisher_per_example_fn(logits_fn, batches is not None)
   else:
     raise ValueError(f"method must be 'signs' or 'per_example', got {method!r}")
-  value, se, n = _run(fn, params, key, batches, num_samples, chunk)
-  return TraceEstimate(value, se, n, f"fisher_{method}")
+  value, se, n, error = _run(fn, params, key, batches, num_samples, chunk, error)
+  return TraceEstimate(value, se, n, f"fisher_{method}", error=error)
 
 
 def ggn_trace(logits_fn: Callable, params, key, *, batches: Sequence[Any] | None = None,
-              num_probes: int = 32, probe: str = "rademacher", chunk: int = 8) -> TraceEstimate:
-  """``tr G`` of the Gauss-Newton matrix by Hutchinson (see module docstring)."""
-  value, se, n = _run(_ggn_fn(logits_fn, probe, batches is not None), params, key, batches,
-                      num_probes, chunk)
-  return TraceEstimate(value, se, n, "ggn")
+              num_probes: int = 32, probe: str = "rademacher", chunk: int = 8,
+              error: str | None = None) -> TraceEstimate:
+  """``tr G`` of the Gauss-Newton matrix by Hutchinson (see module docstring); ``num_probes``
+  per batch, ``error`` as in `flatness.trace.hessian_trace`."""
+  value, se, n, error = _run(_ggn_fn(logits_fn, probe, batches is not None), params, key,
+                             batches, num_probes, chunk, error)
+  return TraceEstimate(value, se, n, "ggn", error=error)

@@ -211,9 +211,54 @@ def stratified(samples: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
   Each group (a batch) has its own i.i.d. samples ``[n_g, ...]``; the groups are
   all used, so only the within-group noise counts:
-  ``se = sqrt(sum_g var_g / n_g) / G``.
+  ``se = sqrt(sum_g var_g / n_g) / G``. This is the error *conditional on the
+  batches*: right for a fixed dataset, too small for a population quantity.
   """
   means = np.array([s.mean(axis=0) for s in samples])
   var = np.array([s.var(axis=0, ddof=1) / len(s) if len(s) > 1 else np.full(s.shape[1:], np.nan)
                   for s in samples])
   return means.mean(axis=0), np.sqrt(var.sum(axis=0)) / len(samples)
+
+
+def two_level(samples: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and standard error of a population mean from ``G`` i.i.d. batches, each probed.
+
+  Batch ``g`` is an independent draw of evaluation sentences and masks, and
+  ``samples[g]`` holds ``p`` probe samples on it. With ``Y_g`` the batch's probe
+  mean, ``E[Y_g]`` is the population quantity (e.g. the trace of the expected
+  Hessian) and ``Var[Y_g] = s_batch^2 + s_probe^2 / p``: both levels of noise.
+  The ``Y_g`` are i.i.d., so ``se = std_g(Y_g) / sqrt(G)`` (ddof 1) estimates
+  the standard error of ``mean_g Y_g`` without bias in the variance, whatever
+  the split between the two levels. Needs ``G >= 2``.
+  """
+  if len(samples) < 2:
+    raise ValueError("a population standard error needs at least 2 independent batches")
+  means = np.array([s.mean(axis=0) for s in samples])
+  return means.mean(axis=0), means.std(axis=0, ddof=1) / np.sqrt(len(samples))
+
+
+ERRORS = ("population", "conditional")
+
+
+def resolve_error(error: str | None, batches) -> str:
+  """Which standard error a sampled estimator reports (see `pooled`).
+
+  ``None`` picks ``population`` when there are at least two batches (they are
+  taken to be independent draws) and ``conditional`` otherwise.
+  """
+  n = 0 if batches is None else len(batches)
+  if error is None:
+    return "population" if n >= 2 else "conditional"
+  if error not in ERRORS:
+    raise ValueError(f"error must be one of {ERRORS}, got {error!r}")
+  if error == "population" and n < 2:
+    raise ValueError("error='population' needs at least 2 independent batches (got "
+                     f"{n}); pass more batches, or error='conditional' for the error given "
+                     "these batches")
+  return error
+
+
+def pooled(samples: Sequence[np.ndarray], error: str) -> tuple[np.ndarray, np.ndarray]:
+  """`two_level` (``population``: batches are i.i.d. draws, the error covers them) or
+  `stratified` (``conditional``: the error given these batches, probes only)."""
+  return two_level(samples) if error == "population" else stratified(samples)

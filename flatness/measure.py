@@ -1,11 +1,22 @@
-"""Curvature and sharpness of every checkpoint of a run, on a fixed evaluation set.
+"""Curvature and sharpness of every checkpoint of a run, with errors that cover the data.
 
-The evaluation set is ``num_sentences`` validation sentences of the run's
-language with BERT masks drawn once from ``seed`` (the same for every
-checkpoint, so differences between checkpoints are not masking noise), split
-into batches sharded over the device mesh. Metrics are written under
-``curvature/`` to the run's TensorBoard files and ``metrics.jsonl``, at the
-checkpoint's step; a checkpoint whose metrics are all there already is skipped.
+The evaluation data are ``num_batches`` independent batches of ``batch_size``
+validation-distribution sentences of the run's language, each with its own
+BERT masks. They are drawn from ``seed``, the same for every checkpoint, so two
+checkpoints are compared on paired draws (their difference is not masking
+noise), and sharded over the device mesh.
+
+The stochastic estimators (trace, trace_enlarged, fisher, ggn, sharpness_avg)
+use every batch, with their own probes per batch, and report a standard error
+that covers both the probes and the draw of sentences and masks: the spread of
+the per-batch estimates over sqrt(num_batches) (`flatness.hessian.two_level`).
+What they estimate is a population quantity, e.g. ``tr E[H_batch]``, the trace
+of the expected Hessian of the masked-LM loss over the evaluation distribution.
+The deterministic ones (top_eigenvalue, sharpness, sharpness_adaptive, loss)
+work on the mean loss over the first ``fixed_batches`` batches and carry no
+error. Metrics are written under ``curvature/`` to the run's TensorBoard files
+and ``metrics.jsonl``, at the checkpoint's step; a checkpoint whose metrics are
+all there already is skipped.
 
 Metric names (all per nat of the MLM loss; parameter units squared for traces):
 
@@ -17,7 +28,7 @@ Metric names (all per nat of the MLM loss; parameter units squared for traces):
   ggn              tr(Gauss-Newton) (+ _stderr)
   sharpness        worst-case rho-sharpness;  sharpness_adaptive: the ASAM variant
   sharpness_avg    average-case sharpness at sigma (+ _stderr)
-  loss             the loss on the evaluation set at that checkpoint
+  loss             the loss on the fixed batches at that checkpoint
 """
 import dataclasses
 
@@ -41,11 +52,18 @@ METRICS = ("trace", "trace_enlarged", "top_eigenvalue", "fisher", "ggn", "sharpn
            "sharpness_adaptive", "sharpness_avg", "loss")
 
 
-def eval_batches(setup: trainer.Setup, num_sentences: int, batch_size: int, seed: int) -> list:
-  """Fixed masked batches of validation sentences, sharded over the mesh."""
+def eval_batches(setup: trainer.Setup, num_batches: int, batch_size: int, seed: int) -> list:
+  """``num_batches`` independent batches of masked validation sentences, sharded over the mesh.
+
+  Batch ``i`` holds sentences ``i * batch_size ...`` of one seeded sample and
+  masks from ``key(seed * 1000 + i)``: the same batches for every checkpoint.
+  """
   if batch_size % setup.mesh.size:
     raise ValueError(f"measure.batch_size ({batch_size}) must be divisible by the "
                      f"{setup.mesh.size} devices")
+  if num_batches < 1:
+    raise ValueError(f"measure.num_batches must be positive, got {num_batches}")
+  num_sentences = num_batches * batch_size
   sents = setup.language.sample(np.random.default_rng([seed, 7919]), num_sentences)
   width = setup.model_cfg.seq_len - 2
   batches = []
@@ -57,9 +75,6 @@ def eval_batches(setup: trainer.Setup, num_sentences: int, batch_size: int, seed
     prepared = prepare(jax.random.key(seed * 1000 + i), raw)
     local = {k: np.asarray(v)[rows] for k, v in prepared.items() if v is not None}
     batches.append(sharding.global_batch(local, setup.mesh))
-  if not batches:
-    raise ValueError(f"measure.num_sentences ({num_sentences}) is smaller than one batch "
-                     f"({batch_size})")
   return batches
 
 
@@ -68,6 +83,9 @@ class Measurer:
 
   def __init__(self, setup: trainer.Setup, cfg, batches):
     self.setup, self.cfg, self.batches = setup, cfg, batches
+    self.fixed = batches[:max(1, int(cfg.fixed_batches))]
+    # A population error needs independent batches; with one batch it is conditional.
+    self.error = "population" if len(batches) >= 2 else "conditional"
     obj = setup.objective
     self.loss_fn = lambda params, batch: obj.loss(params, batch)
     self.logits_fn = lambda params, batch: (obj.logits(params, batch), batch["weights"])
@@ -102,25 +120,27 @@ class Measurer:
   def __call__(self, params, key) -> dict:
     c, out = self.cfg, {}
     keys = iter(jax.random.split(key, 16))
-    common = dict(batches=self.batches)
+    common = dict(batches=self.batches, error=self.error)       # sampled estimators
+    fixed = dict(batches=self.fixed)                            # deterministic ones
     for name in self.metrics:
       k = next(keys)
-      if name == "trace":
-        est = trace.hessian_trace(self.loss_fn, params, k, num_probes=c.trace.num_probes,
+      if name in ("trace", "trace_enlarged"):
+        loss_fn, point = self.loss_fn, params
+        if name == "trace_enlarged":
+          large, loss_fn = self.large
+          point = enlargement.enlarge(params, self.setup.model_cfg, large)
+        # Hutch++ / XTrace work on the mean Hessian over the batches: conditional errors.
+        error = self.error if c.trace.method == "hutchinson" else "conditional"
+        est = trace.hessian_trace(loss_fn, point, k, num_probes=c.trace.num_probes,
                                   method=c.trace.method, probe=c.trace.probe,
-                                  include=self.include, chunk=c.trace.chunk, **common)
-        out.update(est.as_metrics("trace"))
-      elif name == "trace_enlarged":
-        large, loss_fn = self.large
-        big = enlargement.enlarge(params, self.setup.model_cfg, large)
-        est = trace.hessian_trace(loss_fn, big, k, num_probes=c.trace.num_probes,
-                                  method=c.trace.method, probe=c.trace.probe,
-                                  include=self.include, chunk=c.trace.chunk, **common)
-        out.update(trace_enlarged=est.value, trace_enlarged_stderr=est.stderr)
+                                  include=self.include, chunk=c.trace.chunk,
+                                  batches=self.batches, error=error)
+        out.update(est.as_metrics(name) if name == "trace" else
+                   dict(trace_enlarged=est.value, trace_enlarged_stderr=est.stderr))
       elif name == "top_eigenvalue":
         out["top_eigenvalue"] = spectrum.top_eigenvalues(
             self.loss_fn, params, k, k=1, num_iters=c.eigen.num_iters, include=self.include,
-            **common)["largest"][0]
+            **fixed)["largest"][0]
       elif name == "fisher":
         est = fisher.fisher_trace(self.logits_fn, params, k, num_samples=c.fisher.num_samples,
                                   **common)
@@ -131,22 +151,22 @@ class Measurer:
       elif name in ("sharpness", "sharpness_adaptive"):
         out[name] = sharpness.worst_case_sharpness(
             self.loss_fn, params, k, c.sharpness.rho, steps=c.sharpness.steps,
-            adaptive=name == "sharpness_adaptive", include=self.include, **common)
+            adaptive=name == "sharpness_adaptive", include=self.include, **fixed)
       elif name == "sharpness_avg":
         v, se = sharpness.average_sharpness(self.loss_fn, params, k, c.sharpness.sigma,
                                             num_samples=c.sharpness.num_samples,
                                             include=self.include, **common)
         out.update(sharpness_avg=v, sharpness_avg_stderr=se)
       elif name == "loss":
-        out["loss"] = sharpness.MeanLoss(self.loss_fn, self.batches).value(params)
+        out["loss"] = sharpness.MeanLoss(self.loss_fn, self.fixed).value(params)
     return out
 
 
 def measure_run(workdir: str, cfg, *, steps=None, mesh=None) -> dict[int, dict]:
   """Measures every checkpoint of a run (or ``steps``); returns {step: metrics}."""
   def make(setup):
-    measurer = Measurer(setup, cfg, eval_batches(setup, cfg.num_sentences, cfg.batch_size,
-                                                 cfg.seed))
+    measurer = Measurer(setup, cfg, eval_batches(setup, int(cfg.num_batches),
+                                                 int(cfg.batch_size), int(cfg.seed)))
     return measurer.metrics, lambda params, step: measurer(params, jax.random.key(cfg.seed))
   return checkpoint_walk.walk(workdir, "curvature", make, steps=steps,
                               force=cfg.get("force", False), mesh=mesh)

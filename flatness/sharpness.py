@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from flatness import hessian as hs
 
@@ -93,20 +92,31 @@ def worst_case_sharpness(loss_fn: Callable, params, key, rho: float, *, steps: i
   return max(best, loss.value(perturb(delta)) - base)
 
 
+@functools.lru_cache(maxsize=32)
+def _antithetic_fn(loss_fn, mask_leaves, sigma, with_batch):
+  """Jitted ``(params, keys [c], *batch) -> [c]`` of ``(L(θ+σε) + L(θ-σε)) / 2 - L(θ)``."""
+  def one(params, key, *batch):
+    mask = jax.tree.unflatten(jax.tree.structure(params), list(mask_leaves))
+    eps = hs.probe(key, params, "gaussian", mask)
+    shifted = lambda sign: jax.tree.map(lambda p, e: p + sign * sigma * e, params, eps)
+    return 0.5 * (loss_fn(shifted(1.0), *batch) + loss_fn(shifted(-1.0), *batch)) \
+        - loss_fn(params, *batch)
+  return jax.jit(jax.vmap(one, in_axes=(None, 0) + ((None,) if with_batch else ())))
+
+
 def average_sharpness(loss_fn: Callable, params, key, sigma: float, *, num_samples: int = 16,
                       batches: Sequence[Any] | None = None,
-                      include: Callable[[str], bool] | None = None) -> tuple[float, float]:
-  """(estimate, standard error) of ``E[L(theta + eps)] - L(theta)``, ``eps ~ N(0, sigma^2)``."""
-  mask = hs.selection_mask(params, include)
-  loss = MeanLoss(loss_fn, batches)
-  base = loss.value(params)
-  samples = []
-  for i in range(num_samples):
-    eps = hs.probe(jax.random.fold_in(key, i), params, "gaussian", mask)
-    up = loss.value(jax.tree.map(lambda p, e: p + sigma * e, params, eps))
-    down = loss.value(jax.tree.map(lambda p, e: p - sigma * e, params, eps))
-    samples.append(0.5 * (up + down) - base)
-  samples = np.array(samples)
-  se = samples.std(ddof=1) / np.sqrt(len(samples)) if len(samples) > 1 else float("nan")
-  return float(samples.mean()), float(se)
+                      include: Callable[[str], bool] | None = None, chunk: int = 8,
+                      error: str | None = None) -> tuple[float, float]:
+  """(estimate, standard error) of ``E[L(theta + eps)] - L(theta)``, ``eps ~ N(0, sigma^2)``.
 
+  Each batch gets ``num_samples`` antithetic pairs of its own; ``error`` as in
+  `flatness.trace.hessian_trace` (population: the batches are independent
+  draws and the error covers them, `hessian.two_level`).
+  """
+  mask = hs.selection_mask(params, include)
+  error = hs.resolve_error(error, batches)
+  fn = _antithetic_fn(loss_fn, tuple(bool(m) for m in jax.tree.leaves(mask)), float(sigma),
+                      batches is not None)
+  mean, se = hs.pooled(hs.samples_per_batch(fn, params, key, batches, num_samples, chunk), error)
+  return float(mean), float(se)

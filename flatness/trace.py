@@ -8,11 +8,22 @@ unit^2 for our losses), estimated by Hutchinson's method.
   Rademacher probes have variance ``2 (||H||_F^2 - sum_i H_ii^2)`` per probe,
   Gaussian ones ``2 ||H||_F^2``; the standard error is the sample standard
   deviation over probes / sqrt(probes). Probes run in vmapped chunks. With
-  several batches, each batch gets its own probes (the paper draws one probe
-  per minibatch), so the estimate is of ``tr`` of the mean Hessian and its
-  error combines the per-batch errors. Also returns a per-module breakdown
-  (``sum over a module's entries of v * Hv`` estimates the trace of that
-  module's diagonal block).
+  several batches, each batch gets its own ``num_probes`` probes (the paper
+  draws one probe per fresh minibatch of 128 sentences). When the batches are
+  independent draws of evaluation sentences and masks (``error='population'``,
+  the default for two or more batches) the estimate is of ``tr`` of the
+  *expected* Hessian of the loss over the evaluation distribution, and its
+  standard error is the spread of the per-batch estimates over sqrt(batches):
+  it covers both the probes and the draw of sentences and masks
+  (`hessian.two_level`). ``error='conditional'`` gives the error given these
+  batches (probes only; `hessian.stratified`), which is all that varies when
+  the batches are a fixed dataset. Per-batch Hessians of MLM losses on a few
+  hundred masked tokens are heavy-tailed, so the batch level usually
+  dominates: the error falls as 1/sqrt(batches), not 1/sqrt(probes). Also
+  returns a per-module breakdown (``sum over a module's entries of v * Hv``
+  estimates the trace of that module's diagonal block).
+  Hutch++ and XTrace below work on the Hessian of the mean over the given
+  batches, so their errors are conditional on them.
 * ``hutchpp`` (Meyer et al. 2021): a third of the products find the top of the
   spectrum (``Q = orth(H S)``), whose trace is taken exactly, a third the rest
   by Hutchinson on ``(I - QQ^T)``; error ``O(1/m)`` instead of ``O(1/sqrt(m))``
@@ -43,6 +54,7 @@ class TraceEstimate:
   num_matvecs: int
   method: str
   per_module: dict = dataclasses.field(default_factory=dict)   # name -> (value, stderr)
+  error: str = "conditional"   # what stderr covers: population (batches too) | conditional
 
   def as_metrics(self, prefix: str) -> dict:
     out = {prefix: self.value, f"{prefix}_stderr": self.stderr}
@@ -67,16 +79,16 @@ def _forms(loss_fn, kind, mask_leaves, id_leaves, num_modules, with_batch):
   return jax.jit(jax.vmap(one, in_axes=(None, 0) + ((None,) if with_batch else ())))
 
 
-def _hutchinson(loss_fn, params, key, batches, num_probes, kind, mask, chunk):
+def _hutchinson(loss_fn, params, key, batches, num_probes, kind, mask, chunk, error):
   names, ids = hs.module_index(params, mask)
   forms = _forms(loss_fn, kind, tuple(jax.tree.leaves(mask)), tuple(jax.tree.leaves(ids)),
                  len(names), batches is not None)
   per_group = [np.concatenate([x, x.sum(axis=1, keepdims=True)], axis=1)   # + the total
                for x in hs.samples_per_batch(forms, params, key, batches, num_probes, chunk)]
-  mean, se = hs.stratified(per_group)                             # [modules + 1]
+  mean, se = hs.pooled(per_group, error)                          # [modules + 1]
   per_module = {n: (float(mean[i]), float(se[i])) for i, n in enumerate(names)}
   return TraceEstimate(float(mean[-1]), float(se[-1]), len(per_group) * num_probes, "hutchinson",
-                       per_module)
+                       per_module, error)
 
 
 def _hutchpp(op: hs.HessianOperator, key, num_matvecs, kind):
@@ -110,7 +122,8 @@ def _xtrace(op: hs.HessianOperator, key, num_matvecs):
 
 def hessian_trace(loss_fn: Callable, params, key, *, batches: Sequence[Any] | None = None,
                   num_probes: int = 32, probe: str = "rademacher", method: str = "hutchinson",
-                  include: Callable[[str], bool] | None = None, chunk: int = 8) -> TraceEstimate:
+                  include: Callable[[str], bool] | None = None, chunk: int = 8,
+                  error: str | None = None) -> TraceEstimate:
   """Estimates ``tr(H)`` of ``loss_fn`` (mean over ``batches`` if given) at ``params``.
 
   Args:
@@ -119,12 +132,18 @@ def hessian_trace(loss_fn: Callable, params, key, *, batches: Sequence[Any] | No
     key: PRNG key of the probes.
     batches: optional list of batches; the Hessian is that of the mean loss.
     num_probes: Hutchinson probes per batch; for hutchpp / xtrace the budget of products.
+      Under a fixed budget of products, one probe on each of more batches gives the
+      smallest population error (the batch level dominates; module docstring).
     probe: 'rademacher' or 'gaussian' (xtrace always uses Gaussian probes).
     method: 'hutchinson', 'hutchpp' or 'xtrace'.
     include: ``include(name) -> bool`` on parameter paths like 'layer_0/attn/query/kernel';
       the trace is of the Hessian block of the included parameters
       (`hessian.paper_selection` drops the pooler and the MLM output bias, as the paper).
     chunk: probes evaluated together (vmapped); memory grows with it.
+    error: what ``stderr`` covers: 'population' (the batches are independent draws;
+      hutchinson only, at least 2 batches), 'conditional' (given these batches), or None:
+      population for hutchinson with >= 2 batches, else conditional. The estimate's
+      ``error`` field says which was used.
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -132,7 +151,12 @@ def hessian_trace(loss_fn: Callable, params, key, *, batches: Sequence[Any] | No
     raise ValueError(f"num_probes must be positive, got {num_probes}")
   mask = hs.selection_mask(params, include)
   if method == "hutchinson":
-    return _hutchinson(loss_fn, params, key, batches, num_probes, probe, mask, chunk)
+    return _hutchinson(loss_fn, params, key, batches, num_probes, probe, mask, chunk,
+                       hs.resolve_error(error, batches))
+  if error == "population":
+    raise ValueError(f"method={method!r} estimates the trace of the mean Hessian over the given "
+                     "batches; its error is conditional on them. Use method='hutchinson' for a "
+                     "population error")
   op = hs.HessianOperator(loss_fn, params, batches, mask)
   if method == "hutchpp":
     return _hutchpp(op, key, num_probes, probe)

@@ -91,6 +91,68 @@ def test_hutchinson_is_unbiased_and_its_error_shrinks(transformer):
   assert ests[512, "rademacher"].num_matvecs == 512
 
 
+def _population_problem(n=512, d=4, h=5, c=3):
+  """A tanh MLP and a finite 'population' of n examples: its mean-loss Hessian is exact."""
+  k = jax.random.split(jax.random.key(7), 5)
+  params = {"w1": jax.random.normal(k[0], (d, h)), "b1": jax.random.normal(k[1], (h,)),
+            "w2": jax.random.normal(k[2], (h, c))}
+  x = jax.random.normal(k[3], (n, d)) * jnp.exp(0.5 * jax.random.normal(k[4], (n, 1)))
+  y = jax.random.randint(jax.random.fold_in(k[3], 1), (n,), 0, c)
+
+  def loss_fn(p, batch):
+    lg = jnp.tanh(batch["x"] @ p["w1"] + p["b1"]) @ p["w2"]
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(lg), batch["y"][:, None], 1))
+  return params, loss_fn, dict(x=x, y=y)
+
+
+def test_trace_error_covers_the_draw_of_evaluation_batches():
+  """Coverage: over independent evaluation seeds, (estimate - truth) / stderr ~ N(0, 1).
+
+  The truth is the trace of the population Hessian (dense, exact). Each seed draws
+  16 batches of 8 examples (with replacement, so each batch's expected Hessian is the
+  population's) and one probe per batch: the paper's scheme. The population error
+  covers the batches; the error conditional on the batches does not, and undercovers.
+  """
+  params, loss_fn, data = _population_problem()
+  exact = np.trace(_flat_hessian(lambda p: loss_fn(p, data), params)[0])
+  z = {"population": [], "conditional": []}
+  for seed in range(40):
+    idx = np.random.default_rng(seed).integers(0, len(data["y"]), (16, 8))
+    batches = [jax.tree.map(lambda a: a[i], data) for i in idx]
+    for error in z:
+      est = trace.hessian_trace(loss_fn, params, jax.random.key(seed), batches=batches,
+                                num_probes=1 if error == "population" else 4, chunk=4,
+                                error=error)
+      assert est.error == error and est.num_matvecs == 16 * (1 if error == "population" else 4)
+      z[error].append((est.value - exact) / est.stderr)
+  zp, zc = np.array(z["population"]), np.array(z["conditional"])
+  assert abs(zp.mean()) < 0.5                       # unbiased (s.e. of the mean ~0.16)
+  assert 0.7 < zp.std() < 1.4                       # errors the size of the spread
+  assert np.mean(np.abs(zp) < 2.0) >= 0.85          # ~95% nominal, t with 15 d.o.f.
+  assert zc.std() > 1.5                             # probes-only errors are too small
+
+
+def test_population_errors_need_independent_batches():
+  params, loss_fn, data = _population_problem(n=16)
+  one = [data]
+  with pytest.raises(ValueError, match="at least 2 independent batches"):
+    trace.hessian_trace(loss_fn, params, jax.random.key(0), batches=one, error="population")
+  assert trace.hessian_trace(loss_fn, params, jax.random.key(0), batches=one,
+                             num_probes=4).error == "conditional"
+  two = [jax.tree.map(lambda a: a[:8], data), jax.tree.map(lambda a: a[8:], data)]
+  with pytest.raises(ValueError, match="method='hutchinson'"):
+    trace.hessian_trace(loss_fn, params, jax.random.key(0), batches=two, method="hutchpp",
+                        error="population")
+  logits = lambda p, b: (jnp.tanh(b["x"] @ p["w1"] + p["b1"]) @ p["w2"], jnp.ones(len(b["y"])))
+  for est in (fisher.fisher_trace(logits, params, jax.random.key(0), batches=two,
+                                  num_samples=2),
+              fisher.ggn_trace(logits, params, jax.random.key(0), batches=two, num_probes=2)):
+    assert est.error == "population" and np.isfinite(est.stderr)
+  _, se = sharpness.average_sharpness(loss_fn, params, jax.random.key(0), 0.01, batches=two,
+                                      num_samples=2)
+  assert np.isfinite(se)
+
+
 def test_per_module_breakdown_and_selection(transformer):
   params, loss_fn, dense = transformer["params"], transformer["loss_fn"], transformer["dense"]
   est = trace.hessian_trace(loss_fn, params, jax.random.key(1), num_probes=64)

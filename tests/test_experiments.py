@@ -52,6 +52,39 @@ def test_tiny_experiment_end_to_end(module, extra, tmp_path):
   assert os.path.getsize(tmp_path / runs[0].name / metric_writers.JSONL) == before
 
 
+def test_seeds_run_each_recipe_n_times_with_its_own_pretraining_seed():
+  config = algorithm.get_config("tiny")
+  config.seeds = 3
+  runs = experiment.expand(config)
+  assert [r.name for r in runs][:4] == ["adamw_seed0", "adamw_seed1", "adamw_seed2", "sgd_seed0"]
+  assert len(runs) == 3 * len(config.sweep)
+  for r in runs:
+    group, k = r.name.rsplit("_seed", 1)
+    assert r.config.pretrain.group == group and r.config.pretrain.seed == int(k)
+    # The language (its own seed) is the same for every seed of every recipe.
+    assert r.config.pretrain.data.seed == config.pretrain.data.seed
+  assert runs[3].config.pretrain.optimizer.name == "sgd"
+  config.seeds = 0
+  with pytest.raises(ValueError, match="seeds"):
+    experiment.expand(config)
+
+
+def test_only_checkpoints_within_tolerance_are_evaluated_when_asked(tmp_path):
+  writer = metric_writers.MetricWriter(str(tmp_path))
+  for step, gap in ((1000, 0.3), (2000, 0.19), (3000, 0.2), (4000, 0.1)):
+    writer.write_scalars(step, {"eval/loss_gap": gap, "train/loss": 1.0})
+  writer.write_scalars(4500, {"train/loss": 1.0})          # no evaluation: not eligible
+  writer.close()
+  config = algorithm.get_config("pcfg_small")
+  assert config.analysis.evaluate == "within_tolerance" and config.analysis.tolerance == 0.2
+  assert experiment.steps_to_evaluate(config, str(tmp_path)) == [2000, 3000, 4000]
+  config.analysis.evaluate = "all"
+  assert experiment.steps_to_evaluate(config, str(tmp_path)) is None
+  config.analysis.evaluate = "some"
+  with pytest.raises(ValueError, match="analysis.evaluate"):
+    experiment.steps_to_evaluate(config, str(tmp_path))
+
+
 def test_sweep_errors_name_the_problem():
   config = algorithm.get_config("tiny")
   with pytest.raises(ValueError, match="not in the sweep"):

@@ -23,8 +23,8 @@ def _run_config():
 
 def _measure_config(metrics):
   c = measure_configs.get_config()
-  c.update(metrics=metrics, num_sentences=32, batch_size=16)
-  c.trace.update(num_probes=4, chunk=4)
+  c.update(metrics=metrics, num_batches=2, batch_size=16, fixed_batches=2)
+  c.trace.update(num_probes=2, chunk=2)
   c.eigen.num_iters = 6
   c.fisher.num_samples = 2
   c.ggn.num_probes = 2
@@ -39,7 +39,7 @@ def test_every_metric_is_the_same_on_8_devices_and_on_1():
   for n in (8, 1):
     setup = trainer.build(_run_config(), mesh=sharding.make_mesh(n))
     params = setup.create_state(jax.random.key(0)).params
-    batches = measure.eval_batches(setup, cfg.num_sentences, cfg.batch_size, cfg.seed)
+    batches = measure.eval_batches(setup, cfg.num_batches, cfg.batch_size, cfg.seed)
     assert batches[0]["ids"].sharding.num_devices == n
     results.append(measure.Measurer(setup, cfg, batches)(params, jax.random.key(1)))
   assert set(results[0]) == set(results[1])

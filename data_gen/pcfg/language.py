@@ -9,7 +9,6 @@ Conditionals of single positions do not depend on the filter.
 """
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging

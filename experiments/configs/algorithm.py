@@ -49,12 +49,14 @@ def get_config(variant: str = "pcfg_small"):
     c = experiment.make("algorithm", experiment.small_pretrain(num_steps=6000),
                         sweep=_sweep(sgd_lr=0.3, lam=0.5))
     experiment.small_analysis_sections(c)
+    experiment.small_seeds(c)
     return c
   if variant == "pcfg_small_lambda":
-    # lambda = 0.5 and 0.05 end 0.45 and 0.08 nats above adamw's loss (README).
+    # The search for the lambda whose loss matches adamw's (the adversary attacks the
+    # probe's concatenated features; README, "the algorithm experiment").
     sweep = [{"name": "adamw"}] + [
         {"name": f"adversarial_{lam:g}", "pretrain.adversarial.lam": lam,
-         "pretrain.adversarial.task": "A"} for lam in (0.01, 0.02)]
+         "pretrain.adversarial.task": "A"} for lam in (0.003, 0.01, 0.03)]
     c = experiment.make("algorithm", experiment.small_pretrain(num_steps=6000), sweep=sweep)
     experiment.small_analysis_sections(c)
     return c

@@ -21,8 +21,12 @@ def make(name: str, pre: ml_collections.ConfigDict, *, measure_variant="trace",
   c.pretrain = pre
   c.measure = measure.get_config(measure_variant)
   c.downstream = downstream.get_config(downstream_variant)
-  c.analysis = ml_collections.ConfigDict(dict(tolerance=tolerance, num_bootstrap=1000))
+  # tolerance: loss gap (nats) under which checkpoints are compared ("same loss");
+  # evaluate: all | within_tolerance (measure and probe only those checkpoints).
+  c.analysis = ml_collections.ConfigDict(dict(tolerance=tolerance, num_bootstrap=1000,
+                                              evaluate="all"))
   c.sweep = tuple(sweep)
+  c.seeds = 1          # pre-training seeds per recipe: runs <name>_seed<k> (flatness.experiment)
   return c
 
 
@@ -36,9 +40,24 @@ def small_pretrain(num_steps: int = 6000) -> ml_collections.ConfigDict:
 
 def small_analysis_sections(c: ml_collections.ConfigDict) -> None:
   """Measurement and probes sized for a CPU: seconds per checkpoint."""
-  c.measure.update(num_sentences=256, batch_size=64)
-  c.measure.trace.update(num_probes=16, chunk=8)
-  c.downstream.update(num_train=2000, num_test=1000, seeds=3)
+  # 64 fresh batches x 1 probe: ~7% relative error on tr(H), covering sentences and masks.
+  c.measure.update(num_batches=64, batch_size=64)
+  c.measure.trace.update(num_probes=1, chunk=1)
+  # 4 probe seeds, each 2,000 sentences redrawn from a pool of 6,000; l2 from 4 values
+  # (1e-4 is never chosen on these features and costs half the solver time).
+  c.downstream.update(num_pool=6000, num_train=2000, num_test=2000, seeds=4)
+  c.downstream.probe.l2_grid = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def small_seeds(c: ml_collections.ConfigDict) -> None:
+  """Three pre-training seeds per recipe, correlated within 0.2 nats of the optimum.
+
+  After 6,000 CPU steps the gap is ~0.14 nats (6% of the 2.353-nat optimum), so no
+  checkpoint is within the default 0.05: 0.2 keeps the late checkpoints of every run.
+  That is "matched", not "optimal", loss; the README says so next to the tables.
+  """
+  c.seeds = 3
+  c.analysis.update(tolerance=0.2, evaluate="within_tolerance")
 
 
 def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -53,9 +72,9 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   p.optimizer.update(learning_rate=3e-3, warmup_steps=5)
   p.train.update(batch_size=32, num_steps=20, log_every=10, eval_every=10, checkpoint_every=10,
                  eval_batch_size=32, max_to_keep=1, keep_every=10)
-  c.measure.update(metrics="trace,loss", num_sentences=32, batch_size=16)
-  c.measure.trace.update(num_probes=4, chunk=4)
-  c.downstream.update(tasks="A", num_train=128, num_test=64, seeds=1)
-  c.downstream.probe.update(epochs=5, batch_size=64)
+  c.measure.update(metrics="trace,loss", num_batches=2, batch_size=16, fixed_batches=1)
+  c.measure.trace.update(num_probes=2, chunk=2)
+  c.downstream.update(tasks="A", num_pool=256, num_train=128, num_test=64, seeds=2)
+  c.downstream.probe.update(l2_grid=(1e-2, 1.0), max_iters=200)
   c.analysis.update(tolerance=-1.0, num_bootstrap=50)
   return c

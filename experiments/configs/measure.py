@@ -7,7 +7,9 @@ r"""Curvature metrics of every checkpoint of a run (`flatness.measure`).
 
 Variants: ``default`` (Hutchinson trace, top eigenvalue, Fisher, GGN, three
 sharpness measures, loss; minutes per checkpoint on a CPU for small models),
-``trace`` (the paper's measure only), ``thorough`` (more probes).
+``trace`` (the paper's measure only), ``thorough`` (4x the batches, more
+probes and iterations). Every sampled estimate's standard error covers the
+draw of evaluation sentences and masks as well as the probes.
 """
 import ml_collections
 
@@ -15,28 +17,34 @@ import ml_collections
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.metrics = "trace,top_eigenvalue,fisher,ggn,sharpness,sharpness_adaptive,sharpness_avg,loss"
-  c.num_sentences = 256         # evaluation sentences (validation distribution)
+  # Evaluation data: independent batches of validation-distribution sentences, each with
+  # its own masks, the same for every checkpoint (paired). The sampled estimators (trace,
+  # fisher, ggn, sharpness_avg) put `num_probes` probes on every batch and report an error
+  # over batches that covers the sentences and masks too; under a fixed budget one probe
+  # on each of more batches is the most precise (the batch-to-batch spread dominates).
+  c.num_batches = 64            # independent evaluation batches (>= 2 for a population error)
   c.batch_size = 64             # sentences per batch; divisible by the device count
-  c.seed = 0                    # masks of the evaluation set and the probes
+  c.fixed_batches = 4           # top_eigenvalue, sharpness, loss: mean over the first ones
+  c.seed = 0                    # sentences, masks and probes
   c.include = "paper"           # paper: without pooler and MLM output bias; all: every param
   c.force = False               # re-measure checkpoints already measured
   c.enlarge_to = ""             # trace_enlarged: a preset, or "hidden,layers,heads,mlp"
-  c.trace = ml_collections.ConfigDict(dict(num_probes=8, method="hutchinson",
+  # Per batch: probes (trace, ggn) or samples (fisher, sharpness_avg).
+  c.trace = ml_collections.ConfigDict(dict(num_probes=1, method="hutchinson",
                                            probe="rademacher", chunk=8))
   c.eigen = ml_collections.ConfigDict(dict(num_iters=20))
-  c.fisher = ml_collections.ConfigDict(dict(num_samples=4))
-  c.ggn = ml_collections.ConfigDict(dict(num_probes=8))
-  c.sharpness = ml_collections.ConfigDict(dict(rho=0.05, steps=5, sigma=0.01, num_samples=4))
+  c.fisher = ml_collections.ConfigDict(dict(num_samples=1))
+  c.ggn = ml_collections.ConfigDict(dict(num_probes=1))
+  c.sharpness = ml_collections.ConfigDict(dict(rho=0.05, steps=5, sigma=0.01, num_samples=1))
   if variant == "trace":
     c.metrics = "trace,loss"
-    c.trace.num_probes = 16
   elif variant == "thorough":
-    c.num_sentences = 1024
-    c.trace.num_probes = 32
+    c.num_batches = 256
+    c.trace.num_probes = 2
     c.eigen.num_iters = 64
-    c.fisher.num_samples = 16
-    c.ggn.num_probes = 32
-    c.sharpness.update(steps=20, num_samples=16)
+    c.fisher.num_samples = 2
+    c.ggn.num_probes = 2
+    c.sharpness.update(steps=20, num_samples=2)
   elif variant != "default":
     raise ValueError(f"measure.py: unknown variant {variant!r}; choose default, trace or thorough")
   return c

@@ -41,6 +41,7 @@ def get_config(variant: str = "pcfg_small"):
     experiment.small_analysis_sections(c)
     c.measure.metrics = "trace,trace_enlarged,loss"
     c.measure.enlarge_to = "128,2,4,512"
+    experiment.small_seeds(c)
     return c
   if variant == "pcfg":
     sweep = [{"name": p, "pretrain.model.preset": p} for p in ("2m", "9m", "41m")]
