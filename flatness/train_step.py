@@ -7,6 +7,11 @@ every device of the data axis) whose gradients are summed in a `lax.scan`; the
 loss is normalised by the number of predictions of the whole batch, so A
 micro-batches give the gradient of the full batch exactly.
 
+With ``targets`` (``config.targets = "exact"``; `flatness.objectives`) the
+step scores each prediction against the exact conditional of its word given
+the corrupted input, computed in the step from the masks it drew (so the
+masks, and a resumed run, are exactly those of ``"sampled"``).
+
 Non-finite guard: if the loss, the differentiated objective or the gradient
 norm is not finite the step
 returns the *old* state and ``metrics['finite'] = 0``; the training loop stops
@@ -43,7 +48,8 @@ def _micro_batches(batch, accum: int):
 def make_train_step(objective: Objective, tx: optax.GradientTransformationExtraArgs, *,
                     schedule: Callable[[Any], Any] | None = None,
                     grad_accum_steps: int = 1,
-                    loss_transform: Callable | None = None):
+                    loss_transform: Callable | None = None,
+                    targets: Callable | None = None):
   """Returns the pure step function (jit it with shardings in the trainer).
 
   Args:
@@ -55,6 +61,9 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformationExtraA
       objective`` applied to the mean loss of each micro-batch before
       differentiation (the adversarial algorithm of `flatness.adversarial` uses
       it); the reported ``loss`` stays the pre-training loss.
+    targets: optional ``(prepared_batch, raw_batch) -> [B, P, V]`` target
+      distributions (`flatness.objectives.training_targets`); None trains on
+      the sampled words.
   """
   accum = grad_accum_steps
 
@@ -62,6 +71,8 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformationExtraA
     mask_rng, drop_rng, extra_rng = jax.random.split(rng, 3)
     prepared = objective.prepare(mask_rng, batch)
     prepared = {k: v for k, v in prepared.items() if v is not None}
+    if targets is not None:
+      prepared["targets"] = targets(prepared, batch)
     total_weight = jnp.maximum(jnp.sum(prepared["weights"]), 1.0)
     micro = _micro_batches((prepared, batch), accum)
 

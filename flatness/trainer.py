@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -25,6 +24,7 @@ from flatness import checkpointing
 from flatness import evaluation
 from flatness import input_pipeline
 from flatness import metric_writers
+from flatness import objectives
 from flatness import optimizers
 from flatness import preemption
 from flatness import run_config
@@ -72,6 +72,8 @@ def build(config, *, language=None, mesh=None) -> Setup:
   language = language or registry.make_language(config.data)
   model_cfg = run_config.model_config(config.model, language.vocab_size, language.max_length)
   objective = Objective(Transformer(model_cfg), run_config.masking_spec(config.get("masking")))
+  # Fails here, before anything is written, if the language or objective has no exact targets.
+  objectives.training_targets(config.get("targets", "sampled"), language, objective)
   steps = int(config.train.num_steps)
   return Setup(config, language, model_cfg, objective, mesh,
                optimizers.make_optimizer(config.optimizer, steps),
@@ -144,7 +146,8 @@ def _write_config(workdir: str, config, num_params: int) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, CONFIG_JSON), "w") as f:
       json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
-    info = dict(name=config.get("name") or os.path.basename(os.path.normpath(workdir)),
+    name = config.get("name") or os.path.basename(os.path.normpath(workdir))
+    info = dict(name=name, group=config.get("group") or name, seed=int(config.seed),
                 experiment=config.get("experiment", ""), num_params=num_params,
                 language=config.data.language)
     with open(os.path.join(workdir, RUN_INFO), "w") as f:
@@ -213,7 +216,9 @@ def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transf
 
   step_fn = train_step_lib.make_train_step(
       setup.objective, setup.tx, schedule=setup.schedule,
-      grad_accum_steps=int(t.grad_accum_steps), loss_transform=loss_transform)
+      grad_accum_steps=int(t.grad_accum_steps), loss_transform=loss_transform,
+      targets=objectives.training_targets(config.get("targets", "sampled"), setup.language,
+                                          setup.objective))
   rep, data = sharding.replicated(setup.mesh), sharding.batch_sharding(setup.mesh)
   jitted = jax.jit(step_fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                    donate_argnums=(0,))

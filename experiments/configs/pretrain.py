@@ -36,6 +36,7 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0                      # model init, masks, dropout and batch order
   c.name = ""                     # run name in analyses ("": the workdir's name)
+  c.group = ""                    # recipe shared by runs that differ only in seed ("": name)
   c.experiment = ""               # experiment the run belongs to (set by experiments.run)
 
   # ---- Data: which language, and how batches are drawn from it.
@@ -68,6 +69,13 @@ def base() -> ml_collections.ConfigDict:
   # ---- BERT masking (flatness.masking): 15%, at most 5 predictions, 80/10/10.
   c.masking = ml_collections.ConfigDict(dict(rate=0.15, max_predictions=5, mask_prob=0.8,
                                              random_prob=0.1))
+  # What each masked-LM prediction is scored against (flatness.objectives):
+  #   sampled  the word the generator drew (BERT's loss);
+  #   exact    its exact conditional P(x_i | corrupted input, i selected), computed in the
+  #            step for the step's own masks (data_gen.bert_targets; pcfg, hmm, markov).
+  # Same population loss and minimisers; exact removes the label-sampling gradient noise,
+  # whose covariance at the optimum equals the Hessian. MLM only.
+  c.targets = "sampled"
 
   # ---- Optimizer (flatness.optimizers). Defaults: the paper's AdamW recipe.
   c.optimizer = ml_collections.ConfigDict()
@@ -87,12 +95,15 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer.sam_base = "sgd"    # sam only: the outer optimizer
 
   # ---- The paper's adversarial algorithm (flatness.adversarial): minimise the MLM loss
-  # minus lam x the validation loss of a closed-form ridge head on pooled features.
+  # minus lam x the validation loss of a closed-form ridge head on the encoder's features.
   c.adversarial = ml_collections.ConfigDict(dict(
       lam=0.0,                    # 0: plain pre-training
       task="A",                   # downstream task whose labels the head fits
       ridge=1e-3,                 # kernel ridge regulariser
-      fit_fraction=0.875))        # share of each batch that fits the head; the rest validates
+      fit_fraction=0.875,         # share of each batch that fits the head; the rest validates
+      features="concat"))         # what the head reads: concat, the linear probe's features
+                                  # (default); cls, the authors' pooled [CLS] (gets no MLM
+                                  # gradient here, so attacking it leaves the probe's input alone)
 
   # ---- Training loop.
   c.train = ml_collections.ConfigDict()
