@@ -1,12 +1,15 @@
 """Independent truths for tests: exhaustive enumeration over derivations and states.
 
 Everything here is deliberately naive (dicts of whole sentences, float64) and
-shares no code with `data_gen`, so agreement is evidence of correctness.
+shares no code with `data_gen`, so agreement is evidence of correctness (it
+reads BERT's selection count from `flatness.masking`, which defines the rule).
 """
 import itertools
 import math
 
 import numpy as np
+
+from flatness import masking
 
 
 def pcfg_strings(grammar, max_len):
@@ -84,3 +87,26 @@ def goodness_of_fit_pvalue(observed, expected, min_expected=5.0):
     obs, exp = np.r_[obs, observed[~big].sum()], np.r_[exp, expected[~big].sum()]
   exp = exp * obs.sum() / exp.sum()
   return stats.chisquare(obs, exp).pvalue
+
+
+def bert_targets(probs, y, spec, v):
+  """[n, V]: P(x_i = w | y, i selected), summing p(x) P(S) P(y | x, S) over sentences and
+  selections (y: word ids, -1 = [MASK]); zero rows where i cannot have been selected."""
+  n = len(y)
+  k = masking.num_predictions(n, spec)   # the rule itself (a definition, not a computation)
+  num = np.zeros((n, v))
+  for x, p in probs.items():
+    if len(x) != n:
+      continue
+    for sel in itertools.combinations(range(n), k):
+      w = p
+      for i in range(n):
+        if i in sel:
+          w *= spec.mask_prob if y[i] < 0 else spec.random_prob / v + spec.keep_prob * (
+              y[i] == x[i])
+        elif y[i] != x[i]:
+          w = 0.0
+      for i in sel:
+        num[i, x[i]] += w
+  total = num.sum(axis=1, keepdims=True)
+  return np.where(total > 0, num / np.where(total > 0, total, 1.0), 0.0)

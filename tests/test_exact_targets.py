@@ -77,29 +77,6 @@ def lang(request):
   return language, probs   # not inside the x64 context: it would outlive this fixture
 
 
-def brute_targets(probs, y, spec, v):
-  """[n, V]: P(x_i = w | y, i selected), summing p(x) P(S) P(y | x, S) over sentences and
-  selections (y: word ids, -1 = [MASK]); zero rows where i cannot have been selected."""
-  n = len(y)
-  k = masking.num_predictions(n, spec)
-  num = np.zeros((n, v))
-  for x, p in probs.items():
-    if len(x) != n:
-      continue
-    for sel in itertools.combinations(range(n), k):
-      w = p
-      for i in range(n):
-        if i in sel:
-          w *= spec.mask_prob if y[i] < 0 else spec.random_prob / v + spec.keep_prob * (
-              y[i] == x[i])
-        elif y[i] != x[i]:
-          w = 0.0
-      for i in sel:
-        num[i, x[i]] += w
-  total = num.sum(axis=1, keepdims=True)
-  return np.where(total > 0, num / np.where(total > 0, total, 1.0), 0.0)
-
-
 def _objective(language, spec, dtype="float64", hidden=8):
   cfg = TransformerConfig(vocab_size=tok.model_vocab_size(language.vocab_size),
                           seq_len=language.max_length + 2, hidden_size=hidden, num_layers=1,
@@ -137,7 +114,7 @@ def test_targets_match_enumeration(lang):
   weights, positions = np.asarray(prepared["weights"]), np.asarray(prepared["positions"])
   labels = np.asarray(prepared["labels"])
   for b, y in enumerate(_views(prepared, raw)):
-    truth = brute_targets(probs, y, WIDE, v)
+    truth = brute_force.bert_targets(probs, y, WIDE, v)
     for p in range(positions.shape[1]):
       if weights[b, p] == 0:
         np.testing.assert_array_equal(q[b, p], 0.0)
@@ -357,7 +334,7 @@ def test_monte_carlo_mean_of_sampled_gradients_is_the_exact_gradient():
     positions, weights = np.asarray(prepared["positions"]), np.asarray(prepared["weights"])
     truth = np.zeros(positions.shape + (language.vocab_size,))
     for b, y in enumerate(_views(prepared, raw)):
-      bt = brute_targets(probs, y, WIDE, language.vocab_size)
+      bt = brute_force.bert_targets(probs, y, WIDE, language.vocab_size)
       for p in np.flatnonzero(weights[b]):
         truth[b, p] = bt[positions[b, p] - 1]
     rng = np.random.default_rng(0)

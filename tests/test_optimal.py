@@ -86,24 +86,9 @@ def test_bert_masking_predictions_match_enumeration(lang):
   with jax.enable_x64(True):
     preds = optimal.bayes_predictions(language, [y for _, y in draws], spec)
   for (selected, y), q in zip(draws, preds):
-    n = len(y)
-    k = masking.num_predictions(n, spec)
-    num = np.zeros((n, v))
-    for x, p in probs.items():
-      if len(x) != n:
-        continue
-      for sel in itertools.combinations(range(n), k):
-        w = p
-        for i in range(n):
-          if i in sel:
-            w *= spec.mask_prob if y[i] < 0 else (spec.random_prob / v + spec.keep_prob * (
-                y[i] == x[i]))
-          elif y[i] != x[i]:
-            w = 0.0
-        for i in sel:
-          num[i, x[i]] += w
+    truth = brute_force.bert_targets(probs, y, spec, v)
     for i in selected:
-      np.testing.assert_allclose(q[i], num[i] / num[i].sum(), atol=1e-10)
+      np.testing.assert_allclose(q[i], truth[i], atol=1e-10)
 
 
 def test_markov_closed_forms():

@@ -52,8 +52,8 @@ def small_analysis_sections(c: ml_collections.ConfigDict) -> None:
 def small_seeds(c: ml_collections.ConfigDict) -> None:
   """Three pre-training seeds per recipe, correlated within 0.2 nats of the optimum.
 
-  After 6,000 CPU steps the gap is ~0.14 nats (6% of the 2.353-nat optimum), so no
-  checkpoint is within the default 0.05: 0.2 keeps the late checkpoints of every run.
+  After 6,000 CPU steps the gap is 0.10-0.16 nats (4-7% of the 2.353-nat optimum; README),
+  so no checkpoint is within the default 0.05: 0.2 keeps the late checkpoints of every run.
   That is "matched", not "optimal", loss; the README says so next to the tables.
   """
   c.seeds = 3
