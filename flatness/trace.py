@@ -17,9 +17,9 @@ unit^2 for our losses), estimated by Hutchinson's method.
   it covers both the probes and the draw of sentences and masks
   (`hessian.two_level`). ``error='conditional'`` gives the error given these
   batches (probes only; `hessian.stratified`), which is all that varies when
-  the batches are a fixed dataset. Per-batch Hessians of MLM losses on a few
-  hundred masked tokens are heavy-tailed, so the batch level usually
-  dominates: the error falls as 1/sqrt(batches), not 1/sqrt(probes). Also
+  the batches are a fixed dataset. The variance is ``(s_batch^2 +
+  s_probe^2 / p) / G`` for ``G`` batches of ``p`` probes: more probes per batch
+  never remove the batch term, only more batches do. Also
   returns a per-module breakdown (``sum over a module's entries of v * Hv``
   estimates the trace of that module's diagonal block).
   Hutch++ and XTrace below work on the Hessian of the mean over the given
@@ -133,7 +133,7 @@ def hessian_trace(loss_fn: Callable, params, key, *, batches: Sequence[Any] | No
     batches: optional list of batches; the Hessian is that of the mean loss.
     num_probes: Hutchinson probes per batch; for hutchpp / xtrace the budget of products.
       Under a fixed budget of products, one probe on each of more batches gives the
-      smallest population error (the batch level dominates; module docstring).
+      smallest population error (the variance in the module docstring).
     probe: 'rademacher' or 'gaussian' (xtrace always uses Gaussian probes).
     method: 'hutchinson', 'hutchpp' or 'xtrace'.
     include: ``include(name) -> bool`` on parameter paths like 'layer_0/attn/query/kernel';

@@ -28,7 +28,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.force = False               # re-evaluate checkpoints already done
   c.probe = ml_collections.ConfigDict(dict(   # flatness.probe.ProbeConfig
       l2_grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),  # candidate L2 penalties on W (z-scored units)
-      holdout=0.25,                           # fraction of a seed's subset that picks l2
+      holdout=0.25,                           # fraction of the first seed's subset that picks l2
       max_iters=2000,                         # L-BFGS iterations per solve, at most
       tol=1e-5,                               # converged: ||grad F||_2 below this
       standardize=True))                      # z-score features by the fitting rows
@@ -43,7 +43,4 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   elif variant != "default":
     raise ValueError(f"downstream.py: unknown variant {variant!r}; choose default, finetune "
                      "or paper")
-  if not 0 < c.num_train <= c.num_pool:
-    raise ValueError(f"downstream.py: num_train={c.num_train} must be in [1, num_pool="
-                     f"{c.num_pool}]")
-  return c
+  return c   # sizes are checked where they are used (flatness.downstream.check_sizes)
