@@ -21,7 +21,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # its own masks, the same for every checkpoint (paired). The sampled estimators (trace,
   # fisher, ggn, sharpness_avg) put `num_probes` probes on every batch and report an error
   # over batches that covers the sentences and masks too; under a fixed budget one probe
-  # on each of more batches is never less precise (flatness.trace: more probes per batch never remove the batch term).
+  # on each of more batches is never less precise (flatness.trace: more probes per batch
+  # never remove the batch-to-batch term).
   c.num_batches = 64            # independent evaluation batches (>= 2 for a population error)
   c.batch_size = 64             # sentences per batch; divisible by the device count
   c.fixed_batches = 4           # top_eigenvalue, sharpness, loss: mean over the first ones
