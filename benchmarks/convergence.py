@@ -3,6 +3,7 @@ r"""How close each CPU recipe gets to the exact optimum, against training time a
   python -m benchmarks.convergence                                  # every recipe
   python -m benchmarks.convergence --recipes=exact,exact_small --scale=0.5
   python -m benchmarks.convergence --recipes=exact_long             # 32,000 steps
+  python -m benchmarks.convergence --recipes=exact_wide,exact_deep,exact_lr6e-3
 
 Each recipe is ``experiments/configs/pretrain.py:pcfg_small`` (the 2-layer,
 64-wide model; AdamW 3e-3 with cosine decay over the recipe's steps) with the
@@ -27,6 +28,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from data_gen import registry
+from data_gen.pcfg.random_grammar import COMPACT, COMPACT_SEED
 from experiments.configs import pretrain
 from flatness import downstream
 from flatness import logs
@@ -38,17 +41,28 @@ _SMALL_GRAMMAR = {"data.pcfg.num_start": 2, "data.pcfg.symbols_per_level": 3,
                   "data.pcfg.rules_per_symbol": 3, "data.pcfg.words_per_last_symbol": 6,
                   "data.pcfg.vocab_size": 16}
 
+# pretrain.py:pcfg_compact's grammar (data_gen.pcfg.random_grammar.COMPACT, seed 2).
+_COMPACT = {"data.pcfg." + k: v for k, v in registry.pcfg_section(COMPACT).items()}
+_COMPACT["data.seed"] = COMPACT_SEED
+
 # name -> (steps, overrides of pretrain.py:pcfg_small)
 RECIPES = {
     "sampled": (8000, {}),
     "exact": (8000, {"targets": "exact"}),
     "exact_b512": (3000, {"targets": "exact", "train.batch_size": 512}),
-    "exact_long": (32000, {"targets": "exact"}),   # not in the default list: ~6 min
+    "exact_long": (32000, {"targets": "exact"}),
+    "exact_wide": (8000, {"targets": "exact", "model.hidden_size": 128, "model.num_heads": 4,
+                          "model.mlp_dim": 512}),
+    "exact_deep": (8000, {"targets": "exact", "model.num_layers": 4}),
+    "exact_lr6e-3": (8000, {"targets": "exact", "optimizer.learning_rate": 6e-3}),
     "sampled_small": (8000, dict(_SMALL_GRAMMAR)),
     "exact_small": (8000, dict(_SMALL_GRAMMAR, targets="exact")),
+    "exact_compact": (8000, dict(_COMPACT, targets="exact")),
 }
 
-_RECIPES = flags.DEFINE_list("recipes", [r for r in RECIPES if r != "exact_long"],
+# The 32-word grammar's other levers (README): 3-6 minutes each, run when named.
+_ON_REQUEST = ("exact_long", "exact_wide", "exact_deep", "exact_lr6e-3")
+_RECIPES = flags.DEFINE_list("recipes", [r for r in RECIPES if r not in _ON_REQUEST],
                              "Recipes to run, in order.")
 _SCALE = flags.DEFINE_float("scale", 1.0, "Multiplies every recipe's number of steps.")
 _EVALS = flags.DEFINE_integer("evals", 8, "Evaluations per recipe.")

@@ -7,24 +7,14 @@ A step whose metrics are all there already is skipped, so an interrupted
 evaluation continues where it stopped and new checkpoints of a still-running
 training job are picked up by rerunning.
 """
-import json
 import os
 from typing import Callable
 
-import ml_collections
 from absl import logging
 
 from flatness import checkpointing
 from flatness import metric_writers
 from flatness import trainer
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, trainer.CONFIG_JSON)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} has no {trainer.CONFIG_JSON}: not a training run")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def done_steps(workdir: str, tags) -> set[int]:
@@ -46,7 +36,7 @@ def walk(workdir: str, prefix: str, make_evaluator: Callable, *, steps=None, for
   decide whether a step was already done. Returns {step: metrics} of the steps
   evaluated now.
   """
-  setup = trainer.build(load_run_config(workdir), mesh=mesh)
+  setup = trainer.build(trainer.load_run_config(workdir), mesh=mesh)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   available = ckpt.all_steps()
   if not available:

@@ -12,6 +12,15 @@ algorithm}.py``) holds four sections and a sweep:
               ``within_tolerance`` (the ones the correlations use)
   sweep       a tuple of dicts, one per recipe: ``name`` plus dotted overrides of the
               sections above, e.g. ``{"name": "sgd", "pretrain.optimizer.name": "sgd"}``
+  phase1      empty, or the first phase of a two-phase experiment: sections of
+              ``pretrain`` (``targets``, ``optimizer``, ``train``) that phase 1 uses
+              instead. Phase 1 is plain pre-training (no adversary) with the run's model,
+              data and seed, typically to the optimum; every sweep entry then continues
+              from its last checkpoint (``pretrain.init``) with its own recipe, and only
+              these phase-2 runs are measured, probed and analysed. Entries whose phase 1
+              is identical (same model, data, seed) share one phase-1 run:
+              ``phase1[_<entry>]_seed<k>`` in ``phase1_dir`` (default: the workdir;
+              two experiments may share one, but not while both are running)
   seeds       pre-training seeds per recipe (default 1). With ``seeds = N > 1`` each
               recipe runs N times as ``<name>_seed<k>`` with ``pretrain.seed = k``
               (model init, masks, dropout and the sampled training sentences; the
@@ -27,6 +36,7 @@ experiment. Finally `flatness.analysis` and `flatness.report` write
 """
 import copy
 import dataclasses
+import json
 import os
 import time
 
@@ -42,10 +52,65 @@ from flatness import report
 from flatness import trainer
 
 
+PHASE1_SECTIONS = ("targets", "optimizer", "train")
+
+
+@dataclasses.dataclass
+class Phase1:
+  name: str
+  config: ml_collections.ConfigDict    # a pretrain config
+
+
 @dataclasses.dataclass
 class Run:
   name: str
   config: ml_collections.ConfigDict    # the experiment config with this run's overrides
+  phase1: Phase1 | None = None         # the run it continues from (two-phase experiments)
+
+
+def phase1_config(config) -> ml_collections.ConfigDict | None:
+  """Phase 1 of a run's experiment config: its pretrain section with ``phase1``'s sections
+  in place, without adversary or init; None for a one-phase experiment."""
+  sections = config.get("phase1") or {}
+  if not sections:
+    return None
+  unknown = sorted(set(sections) - set(PHASE1_SECTIONS))
+  if unknown:
+    raise ValueError(f"phase1: {unknown} cannot differ between the phases; phase1 may set "
+                     f"{list(PHASE1_SECTIONS)} (model and data are the run's own)")
+  c = copy.deepcopy(config.pretrain)
+  for k in sections:
+    c[k] = copy.deepcopy(sections[k])
+  c.adversarial.lam = 0.0
+  c.init.update(workdir="", step=-1)
+  return c
+
+
+def _attach_phase1(runs: list[Run]) -> None:
+  """Gives each run its phase 1, one shared run per distinct phase-1 config, named
+  ``phase1_seed<k>`` when the whole sweep shares one phase-1 recipe, else
+  ``phase1_<first entry using it>_seed<k>`` (k: the pre-training seed)."""
+  def identity(c):
+    d = c.to_dict()
+    # Names, and the adversary's inert settings (phase 1 has lam = 0), do not matter.
+    for k in ("name", "group", "experiment", "adversarial"):
+      d.pop(k, None)
+    return json.dumps(d, sort_keys=True, default=str)
+  firsts: dict[str, Run] = {}
+  for r in runs:
+    c = phase1_config(r.config)
+    if c is not None:
+      firsts.setdefault(identity(c), r)
+  seeds = {r.config.pretrain.seed for r in runs}
+  shared = len(firsts) == len(seeds)       # one phase-1 recipe for the whole sweep
+  for r in runs:
+    c = phase1_config(r.config)
+    if c is None:
+      continue
+    first = firsts[identity(c)]
+    name = ("phase1" if shared else f"phase1_{first.config.pretrain.group}") + f"_seed{c.seed}"
+    c.update(name=name, group=name)
+    r.phase1 = Phase1(name, c)
 
 
 def expand(config) -> list[Run]:
@@ -72,6 +137,7 @@ def expand(config) -> list[Run]:
       name = entry["name"] if seeds == 1 else f"{entry['name']}_seed{k}"
       r.pretrain.update(name=name, group=entry["name"], seed=int(c.pretrain.seed) + k)
       runs.append(Run(name, r))
+  _attach_phase1(runs)
   return runs
 
 
@@ -109,10 +175,37 @@ def steps_to_evaluate(config, workdir: str) -> list[int] | None:
   return sorted(s for s, g in gaps.items() if g <= tol)
 
 
+def phase1_dir(config, workdir: str) -> str:
+  """Where an experiment's phase-1 runs live (``phase1_dir``, default its workdir)."""
+  return config.get("phase1_dir") or workdir
+
+
+def run_phase1(run: Run, root: str, *, mesh=None) -> float:
+  """Trains (or finishes) ``run``'s phase 1 in ``root`` and points the run at its last
+  checkpoint; returns the seconds it took (nothing to do: about the time to check)."""
+  if run.phase1 is None:
+    return 0.0
+  t0 = time.perf_counter()
+  p1 = os.path.join(root, run.phase1.name)
+  result = trainer.train(run.phase1.config, p1,
+                         setup=trainer.build(run.phase1.config, mesh=mesh))
+  if result.preempted:
+    # Phase 2 must never start from an unfinished phase 1.
+    raise RuntimeError(f"phase 1 ({p1}) was preempted at step {result.step}; relaunch the "
+                       "same command to finish it and then phase 2")
+  run.config.pretrain.init.update(workdir=p1, step=int(result.step))
+  return time.perf_counter() - t0
+
+
 def run_one(run: Run, workdir: str, *, mesh=None, stages=("pretrain", "measure",
-                                                            "downstream")) -> dict:
-  """Pre-trains, measures and probes one run; returns seconds per stage."""
+                                                            "downstream"),
+            phase1_root: str | None = None) -> dict:
+  """Pre-trains (phase 1 first, in ``phase1_root``, default next to ``workdir``), measures
+  and probes one run; returns seconds per stage."""
   c, times = run.config, {}
+  if "pretrain" in stages and run.phase1 is not None:
+    root = phase1_root or os.path.dirname(os.path.normpath(workdir))
+    times["phase1"] = run_phase1(run, root, mesh=mesh)
   if "pretrain" in stages:
     t0 = time.perf_counter()
     trainer.train(c.pretrain, workdir, setup=trainer.build(c.pretrain, mesh=mesh))
@@ -163,7 +256,8 @@ def run_experiment(config, workdir: str, *, only=(), mesh=None, analyze_after=Tr
   runs = expand(config)
   timings = {}
   for run in select(runs, only):
-    timings[run.name] = run_one(run, os.path.join(workdir, run.name), mesh=mesh)
+    timings[run.name] = run_one(run, os.path.join(workdir, run.name), mesh=mesh,
+                                phase1_root=phase1_dir(config, workdir))
   paths = {}
   if analyze_after and jax.process_index() == 0:   # one writer of the report
     done = [os.path.join(workdir, r.name) for r in runs

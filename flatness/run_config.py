@@ -78,6 +78,6 @@ def incompatible_fields(saved: Mapping[str, Any], current: Mapping[str, Any]) ->
   # Compare as JSON would store them (tuples become lists).
   a, b = (flat(json.loads(json.dumps(x, default=str))) for x in (saved, current))
   language = b.get("data.language")
-  prefixes = ("model.", "masking.", "optimizer.name", "optimizer.sam_base", "data.language",
-              "data.seed", "data.source", f"data.{language}.")
+  prefixes = ("model.", "masking.", "optimizer.name", "optimizer.sam_base",
+              "data.language", "data.seed", "data.source", f"data.{language}.")
   return sorted(k for k in set(a) | set(b) if k.startswith(prefixes) and a.get(k) != b.get(k))

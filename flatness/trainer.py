@@ -1,8 +1,10 @@
 """The pre-training loop: ``train(config, workdir)``.
 
 Builds everything from the config (`build`), creates or restores the train
-state, and runs the jitted `train_step` over a batch source, writing metrics
-(`flatness.metric_writers`) and checkpoints (`flatness.checkpointing`).
+state (or, with ``config.init.workdir``, starts from another run's checkpoint:
+phase 2 of a two-phase experiment), and runs the jitted `train_step` over a
+batch source, writing metrics (`flatness.metric_writers`) and checkpoints
+(`flatness.checkpointing`).
 Rerunning with the same workdir resumes exactly: the checkpoint holds the state,
 the base PRNG key (step ``s`` uses ``fold_in(key, s)``) and the index of the
 next batch.
@@ -61,6 +63,11 @@ class Setup:
   def create_state(self, rng) -> train_step_lib.TrainState:
     return jax.jit(self._init, out_shardings=sharding.replicated(self.mesh))(rng)
 
+  def state_from(self, params) -> train_step_lib.TrainState:
+    """A fresh train state (step 0, new optimizer state) around given params."""
+    return jax.jit(lambda p: train_step_lib.init_state(p, self.tx),
+                   out_shardings=sharding.replicated(self.mesh))(params)
+
   def _init(self, rng):
     return train_step_lib.init_state(init_params(self.model_cfg, rng), self.tx)
 
@@ -78,6 +85,42 @@ def build(config, *, language=None, mesh=None) -> Setup:
   return Setup(config, language, model_cfg, objective, mesh,
                optimizers.make_optimizer(config.optimizer, steps),
                optimizers.make_schedule(config.optimizer, steps))
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training run in ``workdir`` was started with."""
+  path = os.path.join(workdir, CONFIG_JSON)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} has no {CONFIG_JSON}: not a training run")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_params(workdir: str, step: int, setup: Setup):
+  """Params of checkpoint ``step`` (-1: the latest) of the run in ``workdir``, and its
+  metadata, laid out as ``setup``'s model; the start of phase 2 of a two-phase run."""
+  source_setup = build(load_run_config(workdir), mesh=setup.mesh)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    steps = ckpt.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"init.workdir={workdir} has no checkpoint yet; train that run "
+                              "(phase 1) first")
+    step = steps[-1] if step < 0 else step
+    if step not in steps:
+      raise FileNotFoundError(
+          f"init.workdir={workdir} has no checkpoint at step {step} (it has {steps}); "
+          "train that run first or set init.step to one of its steps")
+    restored = ckpt.restore(step, source_setup.abstract_state())
+  finally:
+    ckpt.close()
+  want = jax.tree.map(lambda x: (x.shape, x.dtype), setup.abstract_state().params)
+  have = jax.tree.map(lambda x: (x.shape, x.dtype), restored.state.params)
+  if want != have:
+    raise checkpointing.IncompatibleCheckpointError(
+        f"init.workdir={workdir}: its model differs from this config's model; a two-phase "
+        "run must keep the model of the run it starts from")
+  return restored.state.params, dict(restored.meta, step=step)
 
 
 def make_source(setup: Setup, labels=()) -> input_pipeline.BatchSource:
@@ -206,7 +249,17 @@ def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transf
     logging.info("Resumed from step %d of %s", start, workdir)
   else:
     start, position = 0, 0
-    state = setup.create_state(jax.random.fold_in(base_key, 0))
+    init = config.get("init") or {}
+    if init.get("workdir"):
+      params, meta = restore_params(init["workdir"], int(init.get("step", -1)), setup)
+      state = setup.state_from(params)
+      # Fresh sentences and masks: continue the source run's stream, and fold its stop
+      # into the key so that step s of this run does not reuse the masks of its step s.
+      position = int(meta["data_position"])
+      base_key = jax.random.fold_in(base_key, int(meta["step"]))
+      logging.info("Starting from step %d of %s", meta["step"], init["workdir"])
+    else:
+      state = setup.create_state(jax.random.fold_in(base_key, 0))
   n_params = param_count(state.params)
   _write_config(workdir, config, n_params)
   logging.info("Model: %d parameters; mesh %s over %d devices (%d processes)", n_params,
@@ -266,6 +319,12 @@ def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transf
                                 num_params=n_params))
 
   step = start
+  if step == 0 and (config.get("init") or {}).get("workdir"):
+    # The starting point of phase 2 is its first measured checkpoint.
+    eval_metrics = evaluation.evaluate(setup.objective, state.params, validation,
+                                       mesh=setup.mesh, batch_size=int(t.eval_batch_size))
+    writer.write_scalars(0, {f"eval/{k}": v for k, v in eval_metrics.items()})
+    save(0)
   try:
     while step < num_steps:
       local = next(batches)

@@ -14,7 +14,9 @@ r"""Expands an experiment's sweep into one command per run, and runs or submits 
       --workdir=gs://BUCKET/algorithm --mode=tpu --tpu_name=flat --zone=us-central2-b
 
 A run's command is ``python -m experiments.run --config=<config> --workdir=<workdir>
---runs=<name> --noanalyze``, whose results land in ``<workdir>/<name>``; extra
+--runs=<name> --noanalyze``, whose results land in ``<workdir>/<name>``; in a two-phase
+sweep (``phase1`` set) each job is a phase-1 run's: ``--runs=<a>,<b>,...``, the runs that
+continue from it, so that parallel jobs never train one phase 1 twice. Extra
 ``--config.*`` overrides given after ``--`` are passed to every run. The final
 ``experiments.analyze`` command gathers ``<workdir>/*``.
 """
@@ -34,11 +36,15 @@ from flatness import experiment
 
 
 def run_commands(config_arg: str, config, workdir: str, extra=()) -> list[tuple[str, list[str]]]:
-  """[(run name, argv)] for every run of the sweep."""
-  return [(r.name, ["python", "-m", "experiments.run",
-                    f"--config={config_arg}", f"--workdir={workdir}", f"--runs={r.name}",
-                    "--noanalyze", *extra])
-          for r in experiment.expand(config)]
+  """[(job name, argv)]: one job per run of the sweep; in a two-phase sweep, one job per
+  phase-1 run, running the runs that continue from it one after another (so that no two
+  jobs ever train the same phase 1)."""
+  jobs: dict[str, list[str]] = {}
+  for r in experiment.expand(config):
+    jobs.setdefault(r.phase1.name if r.phase1 else r.name, []).append(r.name)
+  return [(job, ["python", "-m", "experiments.run", f"--config={config_arg}",
+                 f"--workdir={workdir}", f"--runs={','.join(names)}", "--noanalyze", *extra])
+          for job, names in jobs.items()]
 
 
 def analyze_command(config, workdir: str) -> list[str]:

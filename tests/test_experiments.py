@@ -36,7 +36,9 @@ def test_tiny_experiment_end_to_end(module, extra, tmp_path):
     workdir = tmp_path / run.name
     steps = _merged(str(workdir))
     keep = config.pretrain.train.keep_every
-    ckpt_steps = list(range(keep, config.pretrain.train.num_steps + 1, keep))
+    # A two-phase run's step 0 is its phase 1's end: measured like the rest.
+    ckpt_steps = list(range(0 if run.phase1 else keep, config.pretrain.train.num_steps + 1,
+                            keep))
     for s in ckpt_steps:
       for tag in ("eval/loss_gap", "curvature/trace", "curvature/trace_stderr", "curvature/loss",
                   "downstream/A/probe_acc", "downstream/A/lookup_acc") + extra:
@@ -44,6 +46,13 @@ def test_tiny_experiment_end_to_end(module, extra, tmp_path):
       assert 0 <= steps[s]["downstream/A/probe_acc"] <= 1
     info = json.load(open(workdir / analysis.RUN_INFO))
     assert info["experiment"] == config.name and info["name"] == run.name
+  if runs[0].phase1:
+    # Every arm of a seed continues from one shared phase-1 run, and starts at its loss.
+    assert {r.phase1.name for r in runs} == {"phase1_seed0"}
+    end = _merged(str(tmp_path / "phase1_seed0"))[config.phase1.train.num_steps]["eval/loss_gap"]
+    for run in runs:
+      assert _merged(str(tmp_path / run.name))[0]["eval/loss_gap"] == pytest.approx(end, rel=1e-6)
+    assert "phase1" not in open(paths["table_csv"]).read()     # only phase 2 is analysed
   for key in ("table_csv", "report", "loss_gap", "trace", "accuracy", "accuracy_vs_trace"):
     assert os.path.getsize(paths[key]) > 0
   # Rerunning skips everything already done: no new metrics.
@@ -85,6 +94,29 @@ def test_only_checkpoints_within_tolerance_are_evaluated_when_asked(tmp_path):
     experiment.steps_to_evaluate(config, str(tmp_path))
 
 
+def test_two_phase_runs_share_phase1_unless_model_or_seed_differ():
+  config = continue_training.get_config("pcfg_compact")
+  config.sweep = tuple(config.sweep) + (
+      {"name": "wide", "pretrain.model.hidden_size": 128},
+      {"name": "adv", "pretrain.adversarial.lam": 0.01, "pretrain.adversarial.task": "B"})
+  runs = {r.name: r for r in experiment.expand(config)}
+  assert len(runs) == 4 * config.seeds
+  for k in range(config.seeds):
+    assert (runs[f"adamw_seed{k}"].phase1.name == runs[f"exact_seed{k}"].phase1.name
+            == runs[f"adv_seed{k}"].phase1.name == f"phase1_adamw_seed{k}")
+    assert runs[f"wide_seed{k}"].phase1.name == f"phase1_wide_seed{k}"
+  p1, p2 = runs["adv_seed1"].phase1.config, runs["adv_seed1"].config.pretrain
+  # Phase 1: the model, data and seed of the run; its own recipe; plain pre-training.
+  assert p1.seed == p2.seed == 1 and p1.model == p2.model and p1.data == p2.data
+  assert (p1.targets, p2.targets) == ("exact", "sampled")
+  assert p1.optimizer.schedule == "cosine" and p2.optimizer.schedule == "constant"
+  assert p1.adversarial.lam == 0 and p2.adversarial.lam == 0.01
+  with config.unlocked():
+    config.phase1.model = config.pretrain.model
+  with pytest.raises(ValueError, match="phase1: \\['model'\\] cannot differ"):
+    experiment.expand(config)
+
+
 def test_sweep_errors_name_the_problem():
   config = algorithm.get_config("tiny")
   with pytest.raises(ValueError, match="not in the sweep"):
@@ -95,11 +127,13 @@ def test_sweep_errors_name_the_problem():
 
 
 @pytest.mark.parametrize("module,variant", [
-    (pretrain, v) for v in ("tiny", "markov", "pcfg_small", "pcfg", "pcfg_2m", "pcfg_235m",
-                            "hmm", "teacher")] + [
-    (continue_training, v) for v in ("tiny", "pcfg_small", "pcfg", "pcfg_235m")] + [
-    (model_size, v) for v in ("tiny", "pcfg_small", "pcfg")] + [
-    (algorithm, v) for v in ("tiny", "pcfg_small", "pcfg_small_lambda", "pcfg", "pcfg_235m")])
+    (pretrain, v) for v in ("tiny", "markov", "pcfg_small", "pcfg_compact", "pcfg", "pcfg_2m",
+                            "pcfg_235m", "hmm", "teacher")] + [
+    (continue_training, v) for v in ("tiny", "pcfg_compact", "pcfg_compact_lr", "quickstart",
+                                     "pcfg", "pcfg_235m")] + [
+    (model_size, v) for v in ("tiny", "pcfg_small", "pcfg_compact", "pcfg")] + [
+    (algorithm, v) for v in ("tiny", "pcfg_small", "pcfg_compact", "pcfg_small_lambda", "pcfg",
+                             "pcfg_235m")])
 def test_every_documented_variant_is_a_valid_config(module, variant):
   """No compilation: each variant named in a config docstring builds, expands and passes
   the trainer's start-up checks on 8 devices."""
@@ -110,5 +144,7 @@ def test_every_documented_variant_is_a_valid_config(module, variant):
   runs = experiment.expand(config) if module is not pretrain else [None]
   for run in runs:
     run_config.check_train(run.config.pretrain if run else config, 8)
+    if run and run.phase1:
+      run_config.check_train(run.phase1.config, 8)
   with pytest.raises(ValueError, match="unknown variant"):
     module.get_config("no_such_variant")

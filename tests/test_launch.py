@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import algorithm
+from experiments.configs import continue_training
 from experiments.configs import pretrain
 from flatness import checkpointing
 from flatness import sharding
@@ -117,6 +118,16 @@ def test_sweep_expands_to_one_command_and_workdir_per_run():
   (name, tpu), = sweep.plan("tpu", arg, config, "gs://b/algo", tpu_name="v", zone="z")
   assert tpu[:6] == ["python", "-m", "launch.tpu_vm", "run", "--name=v", "--zone=z"]
   assert "--runs=adversarial --noanalyze && python -m experiments.analyze" in tpu[-1]
+
+
+def test_two_phase_sweeps_run_each_shared_phase1_in_one_job():
+  """Jobs run in parallel; two of them must never train the same phase-1 run."""
+  config = continue_training.get_config("pcfg_compact")
+  arg = "experiments/configs/continue_training.py:pcfg_compact"
+  cmds = sweep.plan("local", arg, config, "runs/cont")
+  assert [n for n, _ in cmds] == [f"phase1_seed{k}" for k in range(config.seeds)]
+  assert [c[1][5] for c in cmds] == [f"--runs=adamw_seed{k},exact_seed{k}"
+                                     for k in range(config.seeds)]
 
 
 def test_launcher_dry_runs_print_the_expected_command_lines():

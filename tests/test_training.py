@@ -167,3 +167,42 @@ def test_incompatible_checkpoint_is_refused(workdir):
     trainer.train(c, workdir)
   # The old run is untouched and still resumable.
   assert checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [6]
+
+
+def _params(workdir, step):
+  setup = trainer.build(trainer.load_run_config(workdir))
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    restored = ckpt.restore(step, setup.abstract_state())
+  finally:
+    ckpt.close()
+  return restored.state.params, restored.meta
+
+
+def test_phase_two_starts_from_the_source_checkpoint(tmp_path):
+  """A two-phase run's step 0 is the source run's last checkpoint, bit for bit, with a
+  fresh optimizer (here another one) and the data stream continued, not replayed."""
+  first, second = str(tmp_path / "phase1"), str(tmp_path / "phase2")
+  trainer.train(_small_config(num_steps=6), first)
+  c = _small_config(num_steps=4, checkpoint_every=2, keep_every=2)
+  c.optimizer.update(name="sgd", learning_rate=1e-2)
+  c.init.workdir = first
+  trainer.train(c, second)
+  p1, meta1 = _params(first, 6)
+  p2, meta2 = _params(second, 0)
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)
+  assert int(meta2["data_position"]) == int(meta1["data_position"]) == 6
+  assert int(_params(second, 4)[1]["data_position"]) == 10
+  def gaps(d):
+    records = metric_writers.read_jsonl(os.path.join(d, metric_writers.JSONL))
+    return {r["step"]: r["eval/loss_gap"] for r in records if "eval/loss_gap" in r}
+  assert gaps(second)[0] == pytest.approx(gaps(first)[6], rel=1e-6)   # same validation set
+  # Another model cannot start from it, and says so in one line.
+  c2 = _small_config(num_steps=4)
+  c2.model.hidden_size = 32
+  c2.init.workdir = first
+  with pytest.raises(checkpointing.IncompatibleCheckpointError, match="init.workdir"):
+    trainer.train(c2, str(tmp_path / "other"))
+  c2.model.hidden_size, c2.init.step = 16, 5
+  with pytest.raises(FileNotFoundError, match="init.step"):
+    trainer.train(c2, str(tmp_path / "other2"))

@@ -10,6 +10,10 @@ predicts accuracy *within* a size (partial and within-size correlations).
 Variants:
   tiny        seconds; two tiny sizes (tests)
   pcfg_small  hidden 32 / 64 / 128 on the small PCFG (CPU, tens of minutes)
+  pcfg_compact  at the optimum: hidden 32 / 64 / 128 on the compact PCFG, 3 seeds; each
+              size and seed trained toward the optimum in its own phase 1, then
+              continued with the paper's AdamW on sampled labels; compared at the
+              checkpoints within 1% of the optimum
   pcfg        the 2m, 9m and 41m presets on a paper-shaped PCFG (GPU/TPU), enlarged
               into 41m
 
@@ -43,11 +47,16 @@ def get_config(variant: str = "pcfg_small"):
     c.measure.enlarge_to = "128,2,4,512"
     experiment.small_seeds(c)
     return c
+  if variant == "pcfg_compact":
+    c = experiment.compact_two_phase("model_size", _sizes([(32, 2, 1), (64, 2, 2), (128, 2, 4)]))
+    c.measure.metrics = "trace,trace_enlarged,loss"
+    c.measure.enlarge_to = "128,2,4,512"
+    return c
   if variant == "pcfg":
     sweep = [{"name": p, "pretrain.model.preset": p} for p in ("2m", "9m", "41m")]
     c = experiment.make("model_size", pretrain.get_config("pcfg_9m"), sweep=sweep)
     c.measure.metrics = "trace,trace_enlarged,loss"
     c.measure.enlarge_to = "41m"
     return c
-  raise ValueError(f"model_size.py: unknown variant {variant!r}; choose tiny, pcfg_small or "
-                   "pcfg")
+  raise ValueError(f"model_size.py: unknown variant {variant!r}; choose tiny, pcfg_small, "
+                   "pcfg_compact or pcfg")

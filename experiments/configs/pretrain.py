@@ -6,6 +6,10 @@ Variants (``--config=experiments/configs/pretrain.py:<variant>``):
                loss within 1% in about 20 s on a 2-core CPU.
   markov       a 16-word chain, a 4-layer 128-wide model and more steps.
   pcfg_small   a small random PCFG (32 words, up to 8 words a sentence), a 2-layer model.
+  pcfg_compact a smaller one (24 words, up to 8 a sentence), the same model: the language
+               of the two-phase CPU experiments, whose optimum the model reaches: within 1%
+               after ~75 s with --config.targets=exact --config.train.num_steps=8000
+               (benchmarks/convergence.py).
   pcfg         a random PCFG of the paper's shape, the paper's recipe (batch 4096, 25k
                steps, AdamW 5e-4, dropout 0.1) at the 9m preset; pcfg_<preset> for others
                (pcfg_235m is the paper's 235M model). Add
@@ -28,7 +32,7 @@ Copy-paste commands:
 import ml_collections
 
 from data_gen import registry
-from data_gen.pcfg.random_grammar import SMALL
+from data_gen.pcfg.random_grammar import COMPACT, COMPACT_SEED, SMALL
 
 
 def base() -> ml_collections.ConfigDict:
@@ -105,6 +109,13 @@ def base() -> ml_collections.ConfigDict:
                                   # (default); cls, the authors' pooled [CLS] (gets no MLM
                                   # gradient here, so attacking it leaves the probe's input alone)
 
+  # ---- Phase 2 of a two-phase run: start from the params of another run's checkpoint
+  # (e.g. one trained to the optimum) instead of a fresh init. The optimizer state, step
+  # counter and schedule start fresh; the data stream continues where that run stopped.
+  c.init = ml_collections.ConfigDict(dict(
+      workdir="",                 # "": a fresh init
+      step=-1))                   # its checkpoint to start from (-1: the latest)
+
   # ---- Training loop.
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64         # global, over all devices and processes
@@ -128,9 +139,12 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.optimizer.update(learning_rate=1e-2, schedule="cosine", warmup_steps=30, weight_decay=0.0)
     c.train.update(batch_size=128, num_steps=1000, eval_every=500, checkpoint_every=500)
     c.data.num_validation = 512
-  elif variant == "pcfg_small":
+  elif variant in ("pcfg_small", "pcfg_compact"):
     c.data.language = "pcfg"
-    c.data.pcfg = registry.pcfg_section(SMALL)
+    if variant == "pcfg_small":
+      c.data.pcfg = registry.pcfg_section(SMALL)
+    else:
+      c.data.pcfg, c.data.seed = registry.pcfg_section(COMPACT), COMPACT_SEED
     c.model.update(hidden_size=64, num_layers=2, num_heads=2, mlp_dim=256)
     c.optimizer.update(learning_rate=3e-3, schedule="cosine", warmup_steps=100, weight_decay=0.0)
     c.train.update(batch_size=128, num_steps=3000, eval_every=500, checkpoint_every=500)
@@ -154,5 +168,5 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
   else:
     raise ValueError(f"pretrain.py: unknown variant {variant!r}; choose tiny, markov, "
-                     "pcfg_small, pcfg, pcfg_<preset>, hmm or teacher")
+                     "pcfg_small, pcfg_compact, pcfg, pcfg_<preset>, hmm or teacher")
   return c
