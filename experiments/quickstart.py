@@ -32,9 +32,14 @@ from flatness import analysis
 from flatness import experiment
 from flatness import logs
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/continue_training.py:quickstart", "Experiment config.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Where everything is written.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags; defined only when run as a script (tests import `findings`)."""
+  config_flags.DEFINE_config_file(
+      "config", "experiments/configs/continue_training.py:quickstart", "Experiment config.")
+  flags.DEFINE_string("workdir", "runs/quickstart", "Where everything is written.")
 
 
 def _ci(lo, hi) -> str:
@@ -152,7 +157,7 @@ def main(argv):
   del argv
   logs.quiet_libraries()
   logging.set_verbosity(logging.INFO)
-  config, root = _CONFIG.value, _WORKDIR.value
+  config, root = FLAGS.config, FLAGS.workdir
   start = time.perf_counter()
   runs = experiment.expand(config)
   stages: dict[str, float] = {}
@@ -194,4 +199,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
