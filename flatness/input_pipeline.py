@@ -128,21 +128,34 @@ class IteratorSource:
 def prefetch(iterator: Iterator, size: int = 2, transform: Callable | None = None) -> Iterator:
   """Runs ``iterator`` (and ``transform``) in a background thread, ``size`` items ahead."""
   q: queue.Queue = queue.Queue(maxsize=size)
-  done = object()
+  done, stop = object(), threading.Event()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
 
   def work():
     try:
       for item in iterator:
-        q.put(transform(item) if transform else item)
+        if not put(transform(item) if transform else item):
+          return     # the consumer has gone: do not hold a thread and its batches for ever
     except BaseException as e:  # re-raised in the consumer
-      q.put(e)
-    q.put(done)
+      put(e)
+    put(done)
 
   threading.Thread(target=work, daemon=True).start()
-  while True:
-    item = q.get()
-    if item is done:
-      return
-    if isinstance(item, BaseException):
-      raise item
-    yield item
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()

@@ -356,4 +356,5 @@ def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transf
     writer.flush()
     return TrainResult(state, step, eval_metrics)
   finally:
+    batches.close()     # stops the prefetch thread
     guard.close()
