@@ -96,18 +96,15 @@ def _attach_phase1(runs: list[Run]) -> None:
     for k in ("name", "group", "experiment", "adversarial"):
       d.pop(k, None)
     return json.dumps(d, sort_keys=True, default=str)
+  configs = [(r, phase1_config(r.config)) for r in runs]
+  configs = [(r, c, identity(c)) for r, c in configs if c is not None]
   firsts: dict[str, Run] = {}
-  for r in runs:
-    c = phase1_config(r.config)
-    if c is not None:
-      firsts.setdefault(identity(c), r)
+  for r, _, key in configs:
+    firsts.setdefault(key, r)
   seeds = {r.config.pretrain.seed for r in runs}
   shared = len(firsts) == len(seeds)       # one phase-1 recipe for the whole sweep
-  for r in runs:
-    c = phase1_config(r.config)
-    if c is None:
-      continue
-    first = firsts[identity(c)]
+  for r, c, key in configs:
+    first = firsts[key]
     name = ("phase1" if shared else f"phase1_{first.config.pretrain.group}") + f"_seed{c.seed}"
     c.update(name=name, group=name)
     r.phase1 = Phase1(name, c)
