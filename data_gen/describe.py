@@ -14,12 +14,12 @@ import json
 import time
 
 import numpy as np
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from data_gen import optimal
 from data_gen import registry
+from flatness import cli
 from flatness import logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `data` section.")
@@ -94,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -27,10 +27,10 @@ plus table.csv/.md (every checkpoint) and figures/*.png.
 import glob
 import os
 
-from absl import app
 from absl import flags
 
 from flatness import analysis
+from flatness import cli
 from flatness import report
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories (globs allowed).")
@@ -66,4 +66,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

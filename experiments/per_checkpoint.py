@@ -5,10 +5,10 @@ config file[:variant]; ``--steps`` optionally restricts the checkpoints.
 """
 from typing import Callable
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from flatness import cli
 from flatness import distributed
 from flatness import logs
 
@@ -28,4 +28,4 @@ def run(default_config: str, evaluate_run: Callable, what: str) -> None:
     for workdir in workdirs.value:
       evaluate_run(workdir, config.value, steps=[int(s) for s in steps.value])
 
-  app.run(main)
+  cli.run(main)

@@ -8,10 +8,10 @@ stopped by SIGTERM; relaunch the same command to continue.
 """
 import sys
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from flatness import cli
 from flatness import distributed
 from flatness import logs
 from flatness import preemption
@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

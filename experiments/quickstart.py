@@ -23,12 +23,12 @@ import os
 import time
 
 import numpy as np
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from flatness import analysis
+from flatness import cli
 from flatness import experiment
 from flatness import logs
 
@@ -200,4 +200,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

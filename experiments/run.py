@@ -7,10 +7,10 @@ Each run lives in <workdir>/<run name>; rerunning continues where it stopped.
 The report (tables, correlations, figures) goes to <workdir>/report. See
 `flatness.experiment` and the three configs' docstrings.
 """
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from flatness import cli
 from flatness import distributed
 from flatness import experiment
 from flatness import logs
@@ -35,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

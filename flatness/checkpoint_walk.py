@@ -5,7 +5,8 @@ params and writes the returned scalars under a tag prefix next to the run's
 training metrics (TensorBoard and ``metrics.jsonl``, at the checkpoint's step).
 A step whose metrics are all there already is skipped, so an interrupted
 evaluation continues where it stopped and new checkpoints of a still-running
-training job are picked up by rerunning.
+training job are picked up by rerunning. A checkpoint whose files do not read
+is skipped with a warning naming the file.
 """
 import os
 from typing import Callable
@@ -52,7 +53,11 @@ def walk(workdir: str, prefix: str, make_evaluator: Callable, *, steps=None, for
       if step in done:
         logging.info("%s step %d: already done", prefix, step)
         continue
-      state = ckpt.restore(step, setup.abstract_state()).state
+      try:
+        state = ckpt.restore(step, setup.abstract_state()).state
+      except checkpointing.DamagedCheckpointError as e:
+        logging.warning("%s step %d: skipped, the checkpoint does not read: %s", prefix, step, e)
+        continue
       metrics = evaluate(state.params, step)
       writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in metrics.items()})
       writer.flush()

@@ -2,7 +2,8 @@
 
 A checkpoint holds two items: ``state`` (the `TrainState` pytree, restored
 with the shardings of the current mesh) and ``meta`` (JSON: the step, the
-data-source position, the base PRNG key, the config). Retention keeps the
+data-source position, the base PRNG key, the parameter count and the full
+config of the run that wrote it). Retention keeps the
 latest ``max_to_keep`` steps and, with ``keep_every = K``, every step that is a
 multiple of K for ever (the checkpoint series of the continue-training
 experiment). Orbax writes each step to a temporary directory and renames it
@@ -10,14 +11,23 @@ when complete, so a process that dies mid-write never replaces the last good
 checkpoint. Saves run in a background thread; a save that fails there is
 raised by the next `check_for_errors` (which the trainer calls every log step),
 `save` or `wait`, naming the directory.
+
+`restore_latest` resumes from the newest checkpoint that reads and validates:
+a newer one that does not (a truncated array file, unreadable metadata, a
+missing item) is reported in one line and moved aside to
+``<directory>.damaged/<step>``, never deleted; when no checkpoint reads, it
+refuses with `CheckpointRestoreError` and moves nothing.
 """
 import contextlib
 import dataclasses
+import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 
@@ -27,6 +37,17 @@ class IncompatibleCheckpointError(ValueError):
 
 class CheckpointSaveError(RuntimeError):
   """A checkpoint could not be written (earlier checkpoints are untouched)."""
+
+
+class CheckpointRestoreError(RuntimeError):
+  """No checkpoint of a run directory can be read."""
+
+
+class DamagedCheckpointError(RuntimeError):
+  """One checkpoint's files cannot be read or do not hold what a checkpoint holds."""
+
+
+META_KEYS = ("step", "data_position", "rng")
 
 
 def absolute(directory) -> str:
@@ -45,6 +66,18 @@ def absolute(directory) -> str:
 class Restored:
   state: Any
   meta: dict
+
+
+def _reason(e: BaseException) -> str:
+  """Why a file did not read, in one shortened line: the first line of the innermost
+  exception (TensorStore's own error, e.g. ``OUT_OF_RANGE ... byte range``, sits under
+  orbax's wrappers)."""
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  text = str(e).strip().strip('"').splitlines()[0] if str(e).strip() else ""
+  text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+  # The cause often ends a long line of paths ("... No space left on device"): keep both ends.
+  return text if len(text) <= 300 else f"{text[:150]} ... {text[-140:]}"
 
 
 def _key_name(key) -> str:
@@ -109,8 +142,9 @@ class Checkpointer:
       yield
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointSaveError(
-          f"saving a checkpoint in {self.directory} failed ({type(e).__name__}: {e}); "
-          f"checkpoints already there are untouched (latest: {self._finished_step()})") from e
+          f"saving a checkpoint in {self.directory} failed ({_reason(e)}); the checkpoints "
+          f"already there are untouched: the last checkpoint is step {self._finished_step()}. "
+          "Fix the cause (e.g. free space) and rerun the same command to resume") from e
 
   def _finished_step(self):
     try:
@@ -118,12 +152,37 @@ class Checkpointer:
     except Exception:  # pylint: disable=broad-except
       return "unknown"
 
-  def restore_meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  def read_meta(self, step: int) -> dict:
+    """The ``meta`` item of ``step``, checked; `DamagedCheckpointError` names the file."""
+    path = epath.Path(self.directory) / str(step) / "meta" / "metadata"
+    try:
+      meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+      raise DamagedCheckpointError(f"{path}: {_reason(e)}") from e
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing or meta["step"] != step:
+      raise DamagedCheckpointError(f"{path}: not this step's metadata (missing {missing}, "
+                                   f"step {meta.get('step')})")
+    return meta
 
   def restore(self, step: int, abstract_state) -> Restored:
-    """Restores ``step`` into the structure, shapes and shardings of ``abstract_state``."""
-    saved = self.manager.item_metadata(step)["state"]
+    """Restores ``step`` into the structure, shapes and shardings of ``abstract_state``.
+
+    Raises `IncompatibleCheckpointError` when the saved state has another structure,
+    `DamagedCheckpointError` (naming the file where it can) when its files do not read.
+    """
+    meta = self.read_meta(step)
+    state_dir = epath.Path(self.directory) / str(step) / "state"
+    if not state_dir.exists():
+      raise DamagedCheckpointError(f"{state_dir}: missing (the checkpoint has no train state)")
+    try:
+      saved = self.manager.item_metadata(step)["state"]
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpointError(
+          f"{os.path.join(self.directory, str(step), 'state')}: {_reason(e)}") from e
+    if saved is None:
+      raise DamagedCheckpointError(
+          f"{os.path.join(self.directory, str(step), 'state')}: missing or unreadable")
     want, have = _describe(abstract_state), _describe(saved)
     if want != have:
       diff = sorted(set(want.items()) ^ set(have.items()))
@@ -132,9 +191,59 @@ class Checkpointer:
       raise IncompatibleCheckpointError(
           f"the checkpoint at step {step} in {self.directory} does not match the model and "
           "optimizer of this config:\n" + "\n".join(lines))
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return Restored(state=out["state"], meta=out["meta"])
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpointError(
+          f"{os.path.join(self.directory, str(step), 'state')}: {_reason(e)}") from e
+    return Restored(state=out["state"], meta=meta)
+
+  def restore_latest(self, abstract_state, check_meta: Callable[[dict], None] | None = None
+                     ) -> Restored | None:
+    """The newest checkpoint that reads; None when the directory holds none.
+
+    ``check_meta(meta)`` runs on each candidate's metadata before its arrays are read
+    (the trainer compares the saved config with the current one there); what it raises
+    propagates, as does `IncompatibleCheckpointError`. A damaged checkpoint is skipped
+    with a one-line warning; once an older one restores, the damaged ones are moved to
+    ``<directory>.damaged/`` (so the next run does not trip on them again). When none
+    restores, nothing is moved and `CheckpointRestoreError` lists why each failed.
+    """
+    steps = self.all_steps()
+    damaged = []
+    for step in reversed(steps):
+      try:
+        meta = self.read_meta(step)
+        if check_meta is not None:
+          check_meta(meta)
+        restored = self.restore(step, abstract_state)
+      except DamagedCheckpointError as e:
+        logging.warning("checkpoint step %d is damaged, trying an older one: %s", step, e)
+        damaged.append((step, e))
+        continue
+      for bad, why in damaged:
+        aside = self._set_aside(bad)
+        logging.warning("checkpoint step %d (%s) moved to %s; resuming from step %d", bad, why,
+                        aside, step)
+      return restored
+    if damaged:
+      raise CheckpointRestoreError(
+          f"no checkpoint in {self.directory} can be read: "
+          + "; ".join(f"step {s}: {e}" for s, e in damaged)
+          + ". Nothing was moved or deleted; repair or remove them, or use a new --workdir")
+    return None
+
+  def _set_aside(self, step: int) -> str:
+    """Moves ``<directory>/<step>`` to ``<directory>.damaged/<step>[.<n>]``."""
+    aside_dir = epath.Path(self.directory.rstrip("/") + ".damaged")
+    aside_dir.mkdir(parents=True, exist_ok=True)
+    target, n = aside_dir / str(step), 1
+    while target.exists():
+      target, n = aside_dir / f"{step}.{n}", n + 1
+    (epath.Path(self.directory) / str(step)).rename(target)
+    self.manager.reload()
+    return str(target)
 
   def wait(self) -> None:
     with self._naming_failures():

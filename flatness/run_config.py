@@ -38,8 +38,15 @@ def model_config(model: Mapping[str, Any], num_words: int, max_length: int) -> T
   return TransformerConfig(vocab_size=tok.model_vocab_size(num_words), **fields)
 
 
-def masking_spec(cfg: Mapping[str, Any] | None) -> masking.MaskingSpec:
-  return masking.MaskingSpec(**dict(cfg or {}))
+def masking_spec(cfg: Mapping[str, Any] | None, max_words: int | None = None
+                 ) -> masking.MaskingSpec:
+  """``config.masking``; ``max_predictions`` capped at ``max_words`` (the model's word
+  positions): a sentence never has more predictions than words, and a grammar whose
+  sentences are shorter than the configured maximum is still valid."""
+  fields = dict(cfg or {})
+  if max_words is not None and fields.get("max_predictions", 0) > max_words:
+    fields["max_predictions"] = max_words
+  return masking.MaskingSpec(**fields)
 
 
 def check_train(config, num_devices: int) -> None:

@@ -6,9 +6,16 @@ phase 2 of a two-phase experiment), and runs the jitted `train_step` over a
 batch source, writing metrics (`flatness.metric_writers`) and checkpoints
 (`flatness.checkpointing`).
 Rerunning with the same workdir resumes exactly: the checkpoint holds the state,
-the base PRNG key (step ``s`` uses ``fold_in(key, s)``) and the index of the
-next batch.
+the base PRNG key (step ``s`` uses ``fold_in(key, s)``), the index of the
+next batch and the run's config, against which a resumption is checked (a
+changed language, model or optimizer type is refused). A damaged newest
+checkpoint falls back to the newest one that reads (`flatness.checkpointing`).
+
+The run's record: ``config.json`` is the config it started with, written once
+and never rewritten; ``run_log.jsonl`` gets a line per start, resumption (with
+the config fields it changed, e.g. ``train.num_steps``) and failure.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -37,6 +44,7 @@ from flatness.objectives import Objective
 
 CONFIG_JSON = "config.json"
 RUN_INFO = "run_info.json"
+RUN_LOG = "run_log.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,7 +86,8 @@ def build(config, *, language=None, mesh=None) -> Setup:
   run_config.check_train(config, mesh.size)
   language = language or registry.make_language(config.data)
   model_cfg = run_config.model_config(config.model, language.vocab_size, language.max_length)
-  objective = Objective(Transformer(model_cfg), run_config.masking_spec(config.get("masking")))
+  objective = Objective(Transformer(model_cfg), run_config.masking_spec(
+      config.get("masking"), max_words=model_cfg.seq_len - 2))
   # Fails here, before anything is written, if the language or objective has no exact targets.
   objectives.training_targets(config.get("targets", "sampled"), language, objective)
   steps = int(config.train.num_steps)
@@ -161,17 +170,33 @@ class TrainResult:
   preempted: bool = False
 
 
-def _check_resume_compatible(workdir: str, config) -> None:
+def _config_dict(config) -> dict:
+  """``config`` as JSON stores it (tuples become lists): what checkpoints and config.json hold."""
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def _saved_config(workdir: str, meta: dict) -> dict | None:
+  """The config of the run that wrote a checkpoint: its own copy (checkpoints hold one),
+  else, for checkpoints written before they did, the run's config.json."""
+  if "config" in meta:
+    return meta["config"]
   path = os.path.join(workdir, CONFIG_JSON)
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  fields = run_config.incompatible_fields(saved, config.to_dict())
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return None
+
+
+def _check_resume_compatible(workdir: str, saved: dict | None, current: dict) -> None:
+  if saved is None:
+    raise checkpointing.IncompatibleCheckpointError(
+        f"workdir {workdir} holds checkpoints that record no config and has no {CONFIG_JSON}: "
+        "nothing says which language and model they belong to. Use a new --workdir.")
+  fields = run_config.incompatible_fields(saved, current)
   if fields:
     raise checkpointing.IncompatibleCheckpointError(
         f"workdir {workdir} holds a checkpoint of a different run: config field(s) "
-        + ", ".join(f"{f} (saved {_get(saved, f)!r}, now {_get(config.to_dict(), f)!r})"
+        + ", ".join(f"{f} (saved {_get(saved, f)!r}, now {_get(current, f)!r})"
                     for f in fields[:6])
         + " differ. Use a new --workdir, or restore the saved values.")
 
@@ -184,15 +209,38 @@ def _get(d, dotted):
   return d
 
 
-def _write_config(workdir: str, config, num_params: int) -> None:
-  """config.json, and run_info.json (what `flatness.analysis` needs to group runs)."""
+def _changes(saved: dict, current: dict, prefix="") -> dict:
+  """{dotted field: [saved, current]} of every field that differs."""
+  out = {}
+  for k in sorted(set(saved) | set(current)):
+    a, b = saved.get(k), current.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out.update(_changes(a, b, f"{prefix}{k}."))
+    elif a != b:
+      out[f"{prefix}{k}"] = [a, b]
+  return out
+
+
+def _log_event(workdir: str, event: str, step: int, **fields) -> None:
+  """Appends one line to the run's log (``run_log.jsonl``): starts, resumptions with the
+  config fields they changed, failures. config.json is never rewritten; this is the record
+  of what happened to the run since."""
+  if jax.process_index() == 0:
+    record = dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), event=event, step=int(step), **fields)
+    with open(os.path.join(workdir, RUN_LOG), "a") as f:
+      f.write(json.dumps(record, default=str) + "\n")
+
+
+def _write_config(workdir: str, config: dict, num_params: int) -> None:
+  """config.json (the config the run started with), and run_info.json (what
+  `flatness.analysis` needs to group runs)."""
   if jax.process_index() == 0:
     with open(os.path.join(workdir, CONFIG_JSON), "w") as f:
-      json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+      json.dump(config, f, indent=2, sort_keys=True, default=str)
     name = config.get("name") or os.path.basename(os.path.normpath(workdir))
-    info = dict(name=name, group=config.get("group") or name, seed=int(config.seed),
+    info = dict(name=name, group=config.get("group") or name, seed=int(config["seed"]),
                 experiment=config.get("experiment", ""), num_params=num_params,
-                language=config.data.language)
+                language=config["data"]["language"])
     with open(os.path.join(workdir, RUN_INFO), "w") as f:
       json.dump(info, f, indent=2)
 
@@ -227,25 +275,43 @@ def train(config, workdir: str, *, setup: Setup | None = None,
                                     max_to_keep=int(t.max_to_keep),
                                     keep_every=int(t.get("keep_every", 0)))
   writer = metric_writers.MetricWriter(workdir)
+  failed = False
   try:
     return _train(config, workdir, setup, ckpt, writer, source, validation, loss_transform,
                   labels, stop_after)
+  except Exception as e:
+    failed = True
+    with contextlib.suppress(Exception):   # the log is a record, never a second failure
+      _log_event(workdir, "failed", ckpt.latest_step() or 0, error=f"{type(e).__name__}: {e}")
+    raise
   finally:
-    ckpt.close()
-    writer.close()
+    try:
+      ckpt.close()
+    except Exception:  # pylint: disable=broad-except
+      if not failed:     # else the error in flight is the one to report, not its echo
+        raise
+    finally:
+      writer.close()
 
 
 def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transform, labels,
            stop_after):
   t = config.train
   base_key = jax.random.key(int(config.seed))
-  start = ckpt.latest_step()
-  if start is not None:
-    _check_resume_compatible(workdir, config)
-    restored = ckpt.restore(start, setup.abstract_state())
+  current = _config_dict(config)
+  restored = ckpt.restore_latest(
+      setup.abstract_state(),
+      check_meta=lambda meta: _check_resume_compatible(
+          workdir, _saved_config(workdir, meta), current))
+  if restored is not None:
+    start = int(restored.meta["step"])
     state, position = restored.state, int(restored.meta["data_position"])
     base_key = jax.random.wrap_key_data(np.asarray(restored.meta["rng"], np.uint32))
     writer.drop_after(start)
+    saved = _saved_config(workdir, restored.meta)
+    if not os.path.exists(os.path.join(workdir, CONFIG_JSON)):
+      _write_config(workdir, saved, param_count(state.params))   # the record, rebuilt
+    _log_event(workdir, "resume", start, changed=_changes(saved, current))
     logging.info("Resumed from step %d of %s", start, workdir)
   else:
     start, position = 0, 0
@@ -261,7 +327,9 @@ def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transf
     else:
       state = setup.create_state(jax.random.fold_in(base_key, 0))
   n_params = param_count(state.params)
-  _write_config(workdir, config, n_params)
+  if restored is None:
+    _write_config(workdir, current, n_params)
+    _log_event(workdir, "start", start)
   logging.info("Model: %d parameters; mesh %s over %d devices (%d processes)", n_params,
                dict(setup.mesh.shape), setup.mesh.size, jax.process_count())
   validation = validation or make_validation(setup)
@@ -316,7 +384,7 @@ def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transf
       return
     key_data = np.asarray(jax.random.key_data(base_key)).tolist()
     ckpt.save(step, state, dict(step=step, data_position=position, rng=key_data,
-                                num_params=n_params))
+                                num_params=n_params, config=current))
 
   step = start
   if step == 0 and (config.get("init") or {}).get("workdir"):

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+import subprocesses
 from experiments.configs import algorithm
 from experiments.configs import continue_training
 from experiments.configs import pretrain
@@ -19,7 +20,7 @@ from launch import local
 from launch import sweep
 from launch import tpu_vm
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = subprocesses.REPO
 OVERRIDES = {"model.hidden_size": 16, "model.mlp_dim": 32, "data.num_validation": 32,
              "train.batch_size": 16, "train.log_every": 5, "train.eval_every": 1000,
              "train.checkpoint_every": 5}
@@ -56,18 +57,6 @@ def _final_params(workdir, steps):
     ckpt.close()
 
 
-def _env(devices):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             # The subprocesses share the session's persistent compilation cache.
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "",
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-    env.pop(k, None)
-  return env
-
-
 def _assert_close(a, b):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
@@ -77,7 +66,7 @@ def test_two_processes_train_like_one(tmp_path):
   two = tmp_path / "two"
   steps = ["--config.train.num_steps=10"]
   codes = local.launch(_pretrain(two, *steps), 2, devices_per_process=1, cwd=REPO,
-                       timeout=600, log_dir=str(tmp_path), env=_env(1))
+                       timeout=600, log_dir=str(tmp_path), env=subprocesses.env(1))
   assert codes == [0, 0], open(tmp_path / "process_1.log").read()[-3000:]
   _assert_close(_train_here(tmp_path / "one", 10, devices=2), _final_params(str(two), 10))
 
@@ -86,7 +75,7 @@ def test_sigterm_then_relaunch_equals_an_uninterrupted_run(tmp_path):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   # Few regular checkpoints: the one that matters is the one SIGTERM forces.
   steps = ["--config.train.num_steps=400", "--config.train.checkpoint_every=200"]
-  proc = subprocess.Popen(_pretrain(resumed, *steps), cwd=REPO, env=_env(1),
+  proc = subprocess.Popen(_pretrain(resumed, *steps), cwd=REPO, env=subprocesses.env(1),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   metrics = resumed / "metrics.jsonl"
   deadline = time.time() + 300
@@ -98,8 +87,8 @@ def test_sigterm_then_relaunch_equals_an_uninterrupted_run(tmp_path):
   stopped_at = stopped.latest_step()
   stopped.close()
   assert 0 < stopped_at < 400
-  subprocess.run(_pretrain(resumed, *steps), check=True, cwd=REPO, env=_env(1), timeout=600,
-                 capture_output=True)
+  subprocess.run(_pretrain(resumed, *steps), check=True, cwd=REPO, env=subprocesses.env(1),
+                 timeout=600, capture_output=True)
   _assert_close(_train_here(straight, 400, devices=1, checkpoint_every=200),
                 _final_params(str(resumed), 400))
 
@@ -134,7 +123,7 @@ def test_launcher_dry_runs_print_the_expected_command_lines():
   out = subprocess.run([sys.executable, "-m", "launch.sweep", "--config="
                         "experiments/configs/algorithm.py:tiny", "--workdir=/tmp/x",
                         "--mode=slurm", "--dry_run"], cwd=REPO, check=True, text=True,
-                       capture_output=True, env=_env(1)).stdout
+                       capture_output=True, env=subprocesses.env(1)).stdout
   assert ("sbatch --job-name=algorithm-sam launch/slurm.sbatch python -m experiments.run "
           "--config=experiments/configs/algorithm.py:tiny --workdir=/tmp/x --runs=sam "
           "--noanalyze") in out

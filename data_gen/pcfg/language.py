@@ -113,7 +113,16 @@ class PCFG(Language):
 
   # ---- tasks
   def tasks(self):
-    return tasks_lib.tasks(self.grammar)
+    return self._tasks
+
+  @functools.cached_property
+  def _tasks(self):
+    defined = tasks_lib.tasks(self.grammar, self.max_length)
+    for name in sorted(set(tasks_lib.tasks(self.grammar)) - set(defined)):
+      logging.warning("pcfg: task %s is skipped: it labels the first %d words, and this "
+                      "grammar's sentences have at most %d", name, tasks_lib.SPANS[name],
+                      self.max_length)
+    return defined
 
   @functools.cached_property
   def _labeller(self):

@@ -197,8 +197,12 @@ def load_rule_file(path, *, tolerance: float = 1e-3, strict: bool = False) -> Gr
   path = os.fspath(path)
   if not os.path.exists(path):
     raise GrammarFileError(f"{path}: no such grammar file")
-  with open(path) as f:
-    start, rules, _ = parse_rules(f, path)
+  try:
+    with open(path, encoding="utf-8") as f:
+      start, rules, _ = parse_rules(f, path)
+  except UnicodeDecodeError as e:
+    raise GrammarFileError(f"{path}: not a text rule file (it holds bytes that are not "
+                           "UTF-8 text); give the path of a rule file") from e
   return grammar_from_rules(start, rules, path=path, tolerance=tolerance, strict=strict)
 
 

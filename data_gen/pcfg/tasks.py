@@ -14,7 +14,8 @@ All three compare inside probabilities under the grammar's *raw* rule numbers
 
 Ties (including "no symbol derives this span", all probabilities 0) go to the
 first candidate in that order, as Python's ``max`` over the authors' ordered
-dict does. Sentences shorter than the task's span get label -1.
+dict does. Sentences shorter than the task's span get label -1; a grammar
+whose sentences are all shorter than a task's span does not define that task.
 """
 import jax
 import jax.numpy as jnp
@@ -46,13 +47,16 @@ def candidates(grammar: Grammar) -> list[int]:
   return starts + [a for a in range(grammar.num_nonterminals) if a not in starts]
 
 
-def tasks(grammar: Grammar) -> dict[str, Task]:
+def tasks(grammar: Grammar, max_length: int | None = None) -> dict[str, Task]:
+  """The tasks; with ``max_length`` (the longest sentence) only those it can define."""
   n_start, n_all = len(start_symbols(grammar)), len(label_names(grammar))
-  return {
+  out = {
       "A": Task("A", n_start, "most likely start symbol of the whole sentence"),
       "B": Task("B", n_all, "most likely nonterminal spanning the first 4 words"),
       "C": Task("C", n_all, "most likely nonterminal spanning the first 2 words"),
   }
+  return {k: t for k, t in out.items()
+          if max_length is None or SPANS[k] is None or SPANS[k] <= max_length}
 
 
 class Labeller:
@@ -85,6 +89,8 @@ class Labeller:
       whole = logb[np.arange(len(lengths)), lengths - 1][:, self._starts]
       return np.argmax(whole, axis=1).astype(np.int32)
     span = SPANS[task]
+    if span > logb.shape[1]:          # no sentence reaches the span: the task is undefined
+      return np.full(len(lengths), -1, np.int32)
     scores = logb[:, span - 1][:, self._cands]
     labels = self._cand_labels[np.argmax(scores, axis=1)]
     return np.where(lengths >= span, labels, -1).astype(np.int32)

@@ -78,20 +78,21 @@ PHASE2_LR = 3e-4
 COMPACT_TOLERANCE = 0.017
 
 
-def compact_two_phase(name: str, sweep, seeds: int = 3) -> ml_collections.ConfigDict:
+def compact_two_phase(name: str, sweep, seeds: int = 3,
+                      phase2_steps: int = PHASE2_STEPS) -> ml_collections.ConfigDict:
   """An experiment whose sweep continues, at the optimum, from a shared phase 1.
 
   Phase 1: ``PHASE1_STEPS`` of exact-target AdamW (`converge_first`). Phase 2: each sweep
   entry from there, by default AdamW on sampled labels at the constant ``PHASE2_LR``
-  (after a 100-step warmup of the fresh optimizer) for ``PHASE2_STEPS``, checkpoints
+  (after a 100-step warmup of the fresh optimizer) for ``phase2_steps``, checkpoints
   every quarter, all of them measured and probed; correlations use those within
   ``COMPACT_TOLERANCE`` of the optimum.
   """
-  c = make(name, small_pretrain(PHASE2_STEPS, "pcfg_compact"), sweep=sweep)
+  c = make(name, small_pretrain(phase2_steps, "pcfg_compact"), sweep=sweep)
   converge_first(c, steps=PHASE1_STEPS)
   c.pretrain.optimizer.update(schedule="constant", learning_rate=PHASE2_LR, warmup_steps=100,
                               weight_decay=0.0)
-  keep = PHASE2_STEPS // 4
+  keep = phase2_steps // 4
   c.pretrain.train.update(keep_every=keep, checkpoint_every=keep, eval_every=keep // 2)
   small_analysis_sections(c)
   c.measure.num_batches = 128       # 8,192 sentences, one probe each: ~5% error on tr(H)
