@@ -19,6 +19,18 @@ over predictions ``n`` (masked positions, weights ``w_n``):
   quadratic form of the logit tangent ``J v`` (one forward-mode pass per probe,
   cheaper than a Hessian-vector product).
 
+* Gradient noise: ``M = (1/W) sum_n w_n E[grad l_n grad l_n^T]`` with the
+  data's own targets ``t_n`` (``grad l_n = J_n^T (p_n - t_n)``): the one-hot
+  word the generator drew (sampled labels, the SGD noise of pre-training), or
+  the exact conditional ``q_n`` (`flatness.objectives.exact_targets`).
+  `gradient_noise_trace` estimates ``tr M`` with the random-sign estimator
+  above; ``tr M`` is the trace of the per-prediction gradient covariance plus
+  ``||E grad l_n||^2``, which vanishes at a stationary point. The premise of
+  the label-noise mechanism (paper Sec. 4): at a minimiser of the population
+  loss, with sampled labels ``E[t_n | x_n] = q_n = p_n``, so ``M`` is the
+  Gauss-Newton matrix, the Hessian there (``tr M / tr H = 1``); with exact
+  targets every ``grad l_n = 0`` (``tr M = 0``).
+
 ``logits_fn(params, *batch) -> (logits [..., V], weights [...])``. Units: loss
 units per parameter unit squared, as the Hessian trace.
 """
@@ -80,6 +92,33 @@ def _ggn_fn(logits_fn, kind, with_batch):
     quad = jnp.sum(p * u * u, -1) - jnp.sum(p * u, -1) ** 2
     return jnp.sum(w * quad) / jnp.maximum(jnp.sum(w), 1.0)
   return jax.jit(jax.vmap(one, in_axes=(None, 0) + ((None,) if with_batch else ())))
+
+
+@functools.lru_cache(maxsize=32)
+def _noise_signs_fn(logits_fn, targets_fn, include):
+  def one(params, key, batch):
+    (logits, w), pullback = jax.vjp(lambda p: logits_fn(p, batch), params)
+    r = jax.random.rademacher(key, w.shape, logits.dtype)
+    dlogits = (r * jnp.sqrt(w))[..., None] * (jax.nn.softmax(logits) - targets_fn(batch))
+    (g,) = pullback((dlogits, jnp.zeros_like(w)))
+    g = jax.tree.map(lambda x, keep: x if keep else jnp.zeros_like(x), g,
+                     hs.selection_mask(params, include))
+    return hs.vdot(g, g) / jnp.maximum(jnp.sum(w), 1.0)
+  return jax.jit(jax.vmap(one, in_axes=(None, 0, None)))
+
+
+def gradient_noise_trace(logits_fn: Callable, params, key, *, batches: Sequence[Any],
+                         targets_fn: Callable, num_samples: int = 4, chunk: int = 4,
+                         include: Callable[[str], bool] | None = None,
+                         error: str | None = None) -> TraceEstimate:
+  """``tr M``, the second moment of per-prediction gradients with the data's targets
+  (see module docstring); ``targets_fn(batch) -> [..., V]`` gives them (one-hot labels or
+  exact conditionals). ``include`` restricts the parameters as in `hessian_trace`, so
+  that ``tr M`` and ``tr H`` cover the same block; ``num_samples`` sign draws per batch,
+  ``error`` as in `flatness.trace.hessian_trace`."""
+  fn = _noise_signs_fn(logits_fn, targets_fn, include)
+  value, se, n, error = _run(fn, params, key, batches, num_samples, chunk, error)
+  return TraceEstimate(value, se, n, "gradient_noise", error=error)
 
 
 def _run(fn, params, key, batches, num_samples, chunk, error):

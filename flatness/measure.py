@@ -25,6 +25,10 @@ Metric names (all per nat of the MLM loss; parameter units squared for traces):
                    architecture ``enlarge_to`` (the paper's size comparison, Sec. 4.2)
   top_eigenvalue   largest Hessian eigenvalue (Lanczos)
   fisher           tr(F), labels sampled from the model (+ _stderr)
+  gradient_noise   tr of the second moment of per-prediction gradients with the data's sampled
+                   labels (+ _stderr, over the same parameters as the trace): predicted equal
+                   to tr(H) at the optimum (`flatness.fisher.gradient_noise_trace`)
+  gradient_noise_exact  the same with exact targets: predicted 0 at the optimum
   ggn              tr(Gauss-Newton) (+ _stderr)
   sharpness        worst-case rho-sharpness;  sharpness_adaptive: the ASAM variant
   sharpness_avg    average-case sharpness at sigma (+ _stderr)
@@ -39,6 +43,7 @@ from flatness import checkpoint_walk
 from flatness import enlargement
 from flatness import fisher
 from flatness import hessian as hs
+from flatness import objectives
 from flatness import presets
 from flatness import sharding
 from flatness import sharpness
@@ -48,8 +53,8 @@ from flatness import trainer
 from flatness.model import Transformer
 from flatness.objectives import Objective
 
-METRICS = ("trace", "trace_enlarged", "top_eigenvalue", "fisher", "ggn", "sharpness",
-           "sharpness_adaptive", "sharpness_avg", "loss")
+METRICS = ("trace", "trace_enlarged", "top_eigenvalue", "fisher", "ggn", "gradient_noise",
+           "gradient_noise_exact", "sharpness", "sharpness_adaptive", "sharpness_avg", "loss")
 
 
 def eval_batches(setup: trainer.Setup, num_batches: int, batch_size: int, seed: int) -> list:
@@ -73,6 +78,8 @@ def eval_batches(setup: trainer.Setup, num_batches: int, batch_size: int, seed: 
     raw = dict(tokens=sents.tokens[start:start + batch_size, :width].astype(np.int32),
                lengths=np.minimum(sents.lengths[start:start + batch_size], width).astype(np.int32))
     prepared = prepare(jax.random.key(seed * 1000 + i), raw)
+    # lengths: what the exact targets of gradient_noise_exact need besides the masks.
+    prepared = dict(prepared, lengths=raw["lengths"])
     local = {k: np.asarray(v)[rows] for k, v in prepared.items() if v is not None}
     batches.append(sharding.global_batch(local, setup.mesh))
   return batches
@@ -94,6 +101,11 @@ class Measurer:
     if unknown:
       raise ValueError(f"measure.metrics: unknown {sorted(unknown)}; choose from {METRICS}")
     self.large = self._enlarged_loss() if "trace_enlarged" in self.metrics else None
+    vocab = setup.model_cfg.vocab_size
+    self.targets = {"gradient_noise": lambda b: jax.nn.one_hot(b["labels"], vocab)}
+    if "gradient_noise_exact" in self.metrics:
+      exact = objectives.exact_targets(setup.language, obj)
+      self.targets["gradient_noise_exact"] = lambda b: exact(b, b)
 
   def _enlarged_loss(self):
     """(large config, loss of the architecture ``enlarge_to``), built once so that the
@@ -145,6 +157,12 @@ class Measurer:
         est = fisher.fisher_trace(self.logits_fn, params, k, num_samples=c.fisher.num_samples,
                                   **common)
         out.update(fisher=est.value, fisher_stderr=est.stderr)
+      elif name in ("gradient_noise", "gradient_noise_exact"):
+        est = fisher.gradient_noise_trace(
+            self.logits_fn, params, k, targets_fn=self.targets[name], include=self.include,
+            num_samples=c.gradient_noise.num_samples, chunk=c.gradient_noise.num_samples,
+            **common)
+        out.update({name: est.value, f"{name}_stderr": est.stderr})
       elif name == "ggn":
         est = fisher.ggn_trace(self.logits_fn, params, k, num_probes=c.ggn.num_probes, **common)
         out.update(ggn=est.value, ggn_stderr=est.stderr)

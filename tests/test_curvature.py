@@ -234,6 +234,39 @@ def test_fisher_equals_hessian_at_the_truth_and_not_elsewhere():
       assert abs(est.value - exact_h) > 5 * est.stderr + 0.02 * exact_h
 
 
+def test_gradient_noise_equals_hessian_with_sampled_labels_and_vanishes_with_exact_ones():
+  """The premise of the label-noise mechanism, on a well-specified softmax MLP at its
+  truth theta*: the second moment of per-example gradients with the data's sampled
+  labels has the trace of the (dense) Hessian; with the exact conditionals as targets it
+  is 0. Away from theta* neither holds."""
+  params, _, logits_fn = _mlp_problem(seed=1, n=1, d=3, h=4, c=3)
+  params = jax.tree.map(lambda x: 1.5 * x, params)
+  k = jax.random.key(7)
+  x = jax.random.normal(k, (20000, 3))
+  y = jax.random.categorical(jax.random.fold_in(k, 1), logits_fn(params, x))
+  truth = jax.nn.softmax(logits_fn(params, x))
+  batches = [dict(x=x[i::4], y=y[i::4], q=truth[i::4]) for i in range(4)]
+  lf = lambda p, b: (logits_fn(p, b["x"]), jnp.ones(b["x"].shape[0]))
+  sampled = lambda b: jax.nn.one_hot(b["y"], 3)
+  exact = lambda b: b["q"]
+
+  def loss_at(p):
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits_fn(p, x)), y[:, None], 1))
+
+  for point, at_truth in ((params, True), (jax.tree.map(lambda v: 0.3 * v, params), False)):
+    exact_h = np.trace(_flat_hessian(loss_at, point)[0])
+    noise = fisher.gradient_noise_trace(lf, point, jax.random.key(0), batches=batches,
+                                        targets_fn=sampled, num_samples=64, chunk=16)
+    clean = fisher.gradient_noise_trace(lf, point, jax.random.key(0), batches=batches,
+                                        targets_fn=exact, num_samples=8)
+    if at_truth:
+      assert abs(noise.value - exact_h) < 4 * noise.stderr + 0.02 * exact_h
+      assert clean.value < 1e-10
+    else:
+      assert abs(noise.value - exact_h) > 5 * noise.stderr + 0.02 * exact_h
+      assert clean.value > 0.05 * noise.value
+
+
 def test_ggn_trace_matches_the_dense_gauss_newton_matrix():
   params, _, logits_fn = _mlp_problem(seed=2, n=40)
   x = jax.random.normal(jax.random.key(5), (40, 5))

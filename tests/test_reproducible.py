@@ -8,6 +8,14 @@ exact config of `experiments.quickstart`, whose cosine schedule still spans 16,0
 steps) and compares the training losses and the loss gap with the values they had on
 the lock. It is skipped, saying which versions differ, when the installed ones are not
 the locked ones.
+
+The tolerance, 5e-5 relative, admits the rounding differences between CPUs: the values
+were recorded on an AVX-512 CPU, and the same code with XLA limited to AVX2 or SSE4.2
+(``--xla_cpu_max_isa``) moves them by 0.5-8e-6. A change of version that touches
+initialisation, random streams or the optimiser moves them by orders of magnitude more.
+Over the main job's 16,000 phase-1 steps such rounding differences grow: the phase-1 gap
+of seed 0 is 0.0086 nats on this CPU and was 0.0088 on the one that made the earlier
+tables (README, "The main job").
 """
 import importlib.metadata
 import os
@@ -77,4 +85,4 @@ def test_main_job_first_steps_match_the_lock(workdir):
                 f"{differ}; install with -c requirements/lock.txt to check reproducibility")
   got = main_job_first_steps(workdir)
   for key, want in RECORDED.items():
-    np.testing.assert_allclose(got[key], want, rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(got[key], want, rtol=5e-5, err_msg=key)

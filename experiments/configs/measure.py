@@ -8,7 +8,9 @@ r"""Curvature metrics of every checkpoint of a run (`flatness.measure`).
 Variants: ``default`` (Hutchinson trace, top eigenvalue, Fisher, GGN, three
 sharpness measures, loss; minutes per checkpoint on a CPU for small models),
 ``trace`` (the paper's measure only), ``thorough`` (4x the batches, more
-probes and iterations). Every sampled estimate's standard error covers the
+probes and iterations), ``premise`` (the label-noise mechanism's premise: the
+trace, and the gradient noise of sampled labels and of exact targets, whose
+ratios to the trace are predicted 1 and 0 at the optimum). Every sampled estimate's standard error covers the
 draw of evaluation sentences and masks as well as the probes.
 """
 import ml_collections
@@ -35,10 +37,14 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
                                            probe="rademacher", chunk=8))
   c.eigen = ml_collections.ConfigDict(dict(num_iters=20))
   c.fisher = ml_collections.ConfigDict(dict(num_samples=1))
+  # gradient_noise (sampled labels), gradient_noise_exact (exact targets): sign draws per batch.
+  c.gradient_noise = ml_collections.ConfigDict(dict(num_samples=1))
   c.ggn = ml_collections.ConfigDict(dict(num_probes=1))
   c.sharpness = ml_collections.ConfigDict(dict(rho=0.05, steps=5, sigma=0.01, num_samples=1))
   if variant == "trace":
     c.metrics = "trace,loss"
+  elif variant == "premise":
+    c.metrics = "trace,gradient_noise,gradient_noise_exact,loss"
   elif variant == "thorough":
     c.num_batches = 256
     c.trace.num_probes = 2
@@ -47,5 +53,6 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.ggn.num_probes = 2
     c.sharpness.update(steps=20, num_samples=2)
   elif variant != "default":
-    raise ValueError(f"measure.py: unknown variant {variant!r}; choose default, trace or thorough")
+    raise ValueError(f"measure.py: unknown variant {variant!r}; choose default, trace, premise "
+                     "or thorough")
   return c
