@@ -1,6 +1,6 @@
 """The paper's adversarial training algorithm: same pre-training loss, worse transfer.
 
-Sec. 4.3 of the paper (NOTES.md) builds models that reach the optimal
+Sec. 4.3 of the paper builds models that reach the optimal
 pre-training loss but transfer badly by minimising
 
     J(theta) = L_MLM(theta) - lambda * R(theta),

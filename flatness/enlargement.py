@@ -1,7 +1,7 @@
 """Function-preserving enlargement of a trained model into a wider and deeper one.
 
 The paper compares Hessian traces across model sizes after embedding the small
-model into the large architecture without changing its function (NOTES.md).
+model into the large architecture without changing its function (Sec. 4.2).
 With width ratio ``r = H_large / H_small`` every hidden state of the large
 model is the small one tiled ``r`` times, which this map maintains exactly:
 

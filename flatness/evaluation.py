@@ -1,6 +1,6 @@
 """Exact evaluation of the pre-training loss against the true generator.
 
-The paper (Sec. 3; NOTES.md "Loss evaluation") masks each position of a test
+The paper (Sec. 3 and the authors' evaluation code) masks each position of a test
 sentence in turn and compares the model's softmax over the *words* (special
 tokens excluded, renormalised) with the true conditional ``p(x_i | x_{-i})``.
 For a validation set with exact conditionals we report, pooled over tokens

@@ -1,6 +1,6 @@
 """Full fine-tuning: every encoder weight plus a linear head on the pooled ``[CLS]`` state.
 
-The paper's second downstream protocol (NOTES.md; authors' code: AdamW lr 1e-4,
+The paper's second downstream protocol (the authors' code: AdamW lr 1e-4,
 weight decay 0.01, batch 128). Unlike the linear probe it can change the
 features, so it measures how good a starting point the pre-trained weights are
 rather than what they already represent. Data-parallel over the mesh; the

@@ -37,7 +37,7 @@ def path_name(path) -> str:
   return "/".join(parts)
 
 
-# The paper excludes the pooler and the MLM output bias from its trace (NOTES.md).
+# The paper's trace (the authors' code) leaves out the pooler and the MLM output bias.
 def paper_selection(name: str) -> bool:
   return not (name.startswith("pooler") or name == "head/output_bias")
 

@@ -3,7 +3,7 @@
 All optimizers take a learning-rate schedule: linear warmup from 0 for
 ``warmup_steps``, then ``linear`` decay to ``end_lr_factor * learning_rate`` at
 ``total_steps``, ``cosine`` decay to the same, or ``constant``. The paper's
-recipe (NOTES.md; App. A) is AdamW, lr 5e-4, weight decay 0.01, betas
+recipe (App. A) is AdamW, lr 5e-4, weight decay 0.01, betas
 (0.9, 0.98), eps 1e-6, 3,333 warmup steps, linear decay, no clipping.
 
 Weight decay applies to matrices and embeddings only (BERT excludes biases and

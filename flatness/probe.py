@@ -1,6 +1,6 @@
 """Linear probes: frozen features -> L2-regularised multinomial logistic regression, solved.
 
-The paper's downstream measure (Sec. 4, NOTES.md): freeze the pre-trained
+The paper's downstream measure (Sec. 4 and the authors' code): freeze the pre-trained
 encoder, take the final hidden states of the word positions, concatenated
 (``[CLS]``/``[SEP]`` and padding excluded; a sentence shorter than the model's
 width contributes zeros), and fit a linear softmax classifier on them.

@@ -1,6 +1,6 @@
 """Stochastic estimates of the Hessian trace, with standard errors.
 
-The paper's flatness measure (Sec. 4; NOTES.md) is ``tr(H)`` of the
+The paper's flatness measure (Sec. 4) is ``tr(H)`` of the
 pre-training loss, in loss units per parameter-space unit squared (nats per
 unit^2 for our losses), estimated by Hutchinson's method.
 

@@ -1,8 +1,8 @@
 """Seeded random grammars with the structure of the paper's PCFG.
 
-The paper's grammar (NOTES.md) has a root ``S -> S1 .. S9``; each ``Sk`` has
-one binary rule to two level-1 symbols; levels ``A1 .. A4`` have 10 symbols
-each; a symbol of levels 1 to 3 has about 20 binary rules to pairs of
+The paper's grammar (``rule_deep_mlm.txt`` of the authors' code) has a root
+``S -> S1 .. S9``; each ``Sk`` has one binary rule to two level-1 symbols;
+levels ``A1 .. A4`` have 10 symbols each; a symbol of levels 1 to 3 has about 20 binary rules to pairs of
 next-level symbols plus one word emission (with probability between 0.04 and
 0.42 in the file); level-4 symbols only emit words (about 100 each). With the
 defaults below the generator reproduces that shape: 9 + 40 = 49 nonterminals
