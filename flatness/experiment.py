@@ -21,6 +21,9 @@ algorithm}.py``) holds four sections and a sweep:
               is identical (same model, data, seed) share one phase-1 run:
               ``phase1[_<entry>]_seed<k>`` in ``phase1_dir`` (default: the workdir;
               two experiments may share one, but not while both are running)
+  phase1_seed -1: each pre-training seed has its own phase 1; k >= 0: every run continues
+              from the phase 1 of seed k (one converged checkpoint), so that its seed
+              varies only phase 2's sentences, masks and (for dropout) noise
   seeds       pre-training seeds per recipe (default 1). With ``seeds = N > 1`` each
               recipe runs N times as ``<name>_seed<k>`` with ``pretrain.seed = k``
               (model init, masks, dropout and the sampled training sentences; the
@@ -81,6 +84,8 @@ def phase1_config(config) -> ml_collections.ConfigDict | None:
   c = copy.deepcopy(config.pretrain)
   for k in sections:
     c[k] = copy.deepcopy(sections[k])
+  if int(config.get("phase1_seed", -1)) >= 0:
+    c.seed = int(config.phase1_seed)
   c.adversarial.lam = 0.0
   c.init.update(workdir="", step=-1)
   return c
@@ -101,7 +106,7 @@ def _attach_phase1(runs: list[Run]) -> None:
   firsts: dict[str, Run] = {}
   for r, _, key in configs:
     firsts.setdefault(key, r)
-  seeds = {r.config.pretrain.seed for r in runs}
+  seeds = {c.seed for _, c, _ in configs}
   shared = len(firsts) == len(seeds)       # one phase-1 recipe for the whole sweep
   for r, c, key in configs:
     first = firsts[key]

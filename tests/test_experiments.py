@@ -111,6 +111,16 @@ def test_two_phase_runs_share_phase1_unless_model_or_seed_differ():
   assert (p1.targets, p2.targets) == ("exact", "sampled")
   assert p1.optimizer.schedule == "cosine" and p2.optimizer.schedule == "constant"
   assert p1.adversarial.lam == 0 and p2.adversarial.lam == 0.01
+  # One converged checkpoint for every seed: phase1_seed.
+  config.phase1_seed = 0
+  shared = {r.name: r for r in experiment.expand(config)}
+  assert {r.phase1.name for n, r in shared.items() if not n.startswith("wide")} == {
+      "phase1_adamw_seed0"}
+  assert shared["exact_seed2"].phase1.config.seed == 0
+  assert shared["exact_seed2"].config.pretrain.seed == 2
+  config.sweep = tuple(e for e in config.sweep if e["name"] != "wide")
+  assert {r.phase1.name for r in experiment.expand(config)} == {"phase1_seed0"}
+  config.phase1_seed = -1
   with config.unlocked():
     config.phase1.model = config.pretrain.model
   with pytest.raises(ValueError, match="phase1: \\['model'\\] cannot differ"):

@@ -34,6 +34,9 @@ def make(name: str, pre: ml_collections.ConfigDict, *, measure_variant="trace",
   # experiment's workdir; point two experiments at one directory to share them).
   c.phase1 = ml_collections.ConfigDict()
   c.phase1_dir = ""
+  # -1: each pre-training seed its own phase 1; k >= 0: every seed continues from seed k's
+  # (one converged checkpoint; the seeds then vary phase 2 only).
+  c.phase1_seed = -1
   c.seeds = 1          # pre-training seeds per recipe: runs <name>_seed<k> (flatness.experiment)
   return c
 
