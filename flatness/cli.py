@@ -137,25 +137,24 @@ def _parse_flags(argv):
 _warned: set[str] = set()
 
 
-def _background_failure(exc_type, exc, thread_name: str) -> None:
-  """A background thread's failure as one line, each distinct one once: the main thread
-  reports what it means."""
-  if exc_type is SystemExit:
-    return
-  text = str(exc).strip().splitlines()
-  line = f"{exc_type.__name__}: {text[0] if text else ''}"
+def _warn_once(thread_name: str, line: str) -> None:
+  """A background thread's failure (``ExcType: message``) as one line, each distinct one
+  once: the main thread reports what it means."""
   if line not in _warned:
     _warned.add(line)
     sys.__stderr__.write(f"warning: background thread {thread_name}: {line}\n")
 
 
 def _thread_excepthook(args) -> None:
-  _background_failure(args.exc_type, args.exc_value, getattr(args.thread, "name", "?"))
+  if args.exc_type is not SystemExit:
+    text = str(args.exc_value).strip().splitlines()
+    _warn_once(getattr(args.thread, "name", "?"),
+               f"{args.exc_type.__name__}: {text[0] if text else ''}")
 
 
 class _BackgroundTracebacks:
   """``sys.stderr`` for the run: the main thread's output as is; a traceback printed by
-  another thread becomes its one `_background_failure` line. Native threads (TensorStore's
+  another thread becomes its one `_warn_once` line. Native threads (TensorStore's
   callbacks into orbax's closed event loop after a failed write) print theirs straight to
   ``sys.stderr``, past ``sys.excepthook``, dozens at a time; other lines pass."""
 
@@ -183,8 +182,7 @@ class _BackgroundTracebacks:
           self._stream.write(line + "\n")
         elif line.strip() and not line.startswith(self._CONTINUATION):
           self._in_traceback[key] = False       # "ExcType: message" ends a traceback
-          name, _, message = line.partition(": ")
-          _background_failure(type(name, (Exception,), {}), message, thread.name)
+          _warn_once(thread.name, line)
     return len(text)
 
   def __getattr__(self, name):

@@ -311,7 +311,8 @@ def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transf
     saved = _saved_config(workdir, restored.meta)
     if not os.path.exists(os.path.join(workdir, CONFIG_JSON)):
       _write_config(workdir, saved, param_count(state.params))   # the record, rebuilt
-    _log_event(workdir, "resume", start, changed=_changes(saved, current))
+    if start < int(t.num_steps):   # a finished run relaunched (a shared phase 1) logs nothing
+      _log_event(workdir, "resume", start, changed=_changes(saved, current))
     logging.info("Resumed from step %d of %s", start, workdir)
   else:
     start, position = 0, 0
