@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from absl import logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
@@ -235,13 +236,17 @@ class Checkpointer:
     return None
 
   def _set_aside(self, step: int) -> str:
-    """Moves ``<directory>/<step>`` to ``<directory>.damaged/<step>[.<n>]``."""
+    """Moves ``<directory>/<step>`` to ``<directory>.damaged/<step>[.<n>]`` (process 0
+    moves it; every process waits for that before re-reading the directory)."""
     aside_dir = epath.Path(self.directory.rstrip("/") + ".damaged")
-    aside_dir.mkdir(parents=True, exist_ok=True)
     target, n = aside_dir / str(step), 1
     while target.exists():
       target, n = aside_dir / f"{step}.{n}", n + 1
-    (epath.Path(self.directory) / str(step)).rename(target)
+    if jax.process_index() == 0:
+      aside_dir.mkdir(parents=True, exist_ok=True)
+      (epath.Path(self.directory) / str(step)).rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"flatness: set aside checkpoint {step}")
     self.manager.reload()
     return str(target)
 
