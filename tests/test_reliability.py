@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
