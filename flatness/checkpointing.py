@@ -166,13 +166,13 @@ class Checkpointer:
                                    f"step {meta.get('step')})")
     return meta
 
-  def restore(self, step: int, abstract_state) -> Restored:
+  def restore(self, step: int, abstract_state, meta: dict | None = None) -> Restored:
     """Restores ``step`` into the structure, shapes and shardings of ``abstract_state``.
 
     Raises `IncompatibleCheckpointError` when the saved state has another structure,
     `DamagedCheckpointError` (naming the file where it can) when its files do not read.
     """
-    meta = self.read_meta(step)
+    meta = self.read_meta(step) if meta is None else meta   # restore_latest has read it
     state_dir = epath.Path(self.directory) / str(step) / "state"
     if not state_dir.exists():
       raise DamagedCheckpointError(f"{state_dir}: missing (the checkpoint has no train state)")
@@ -218,7 +218,7 @@ class Checkpointer:
         meta = self.read_meta(step)
         if check_meta is not None:
           check_meta(meta)
-        restored = self.restore(step, abstract_state)
+        restored = self.restore(step, abstract_state, meta)
       except DamagedCheckpointError as e:
         logging.warning("checkpoint step %d is damaged, trying an older one: %s", step, e)
         damaged.append((step, e))
