@@ -28,7 +28,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from data_gen import registry
+from data_gen import sections
 from data_gen.pcfg.random_grammar import COMPACT, COMPACT_SEED
 from experiments.configs import pretrain
 from flatness import downstream
@@ -42,7 +42,7 @@ _SMALL_GRAMMAR = {"data.pcfg.num_start": 2, "data.pcfg.symbols_per_level": 3,
                   "data.pcfg.vocab_size": 16}
 
 # pretrain.py:pcfg_compact's grammar (data_gen.pcfg.random_grammar.COMPACT, seed 2).
-_COMPACT = {"data.pcfg." + k: v for k, v in registry.pcfg_section(COMPACT).items()}
+_COMPACT = {"data.pcfg." + k: v for k, v in sections.pcfg_section(COMPACT).items()}
 _COMPACT["data.seed"] = COMPACT_SEED
 
 # name -> (steps, overrides of pretrain.py:pcfg_small)

@@ -18,6 +18,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from experiments.configs import pretrain
 from flatness import flops
 from flatness import masking
 from flatness import optimizers
@@ -41,7 +42,8 @@ def measure(preset: str, batch_size: int, steps: int, dtype: str) -> dict:
                           **presets.preset_fields(preset))
   mesh = sharding.make_mesh()
   objective = Objective(Transformer(cfg))
-  tx = optimizers.make_optimizer(dict(name="adamw", learning_rate=5e-4, warmup_steps=10), 1000)
+  tx = optimizers.make_optimizer(
+      dict(pretrain.base().optimizer.to_dict(), learning_rate=5e-4, warmup_steps=10), 1000)
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   state = jax.jit(lambda k: train_step_lib.init_state(init_params(cfg, k), tx),
                   out_shardings=rep)(jax.random.key(0))

@@ -29,7 +29,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_gen import registry
-from data_gen.language import Sentences
 
 CHUNK = 1024
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
@@ -150,16 +149,3 @@ def load_split(data: Mapping[str, Any], split: str):
   b = builder(data, sizes_from_config(data), data_dir=ds.get("data_dir") or None)
   b.download_and_prepare()
   return b.as_data_source(split=split)
-
-
-def to_sentences(source, indices=None) -> Sentences:
-  """Records of a data source -> padded `Sentences` (labels in ``latent``)."""
-  idx = range(len(source)) if indices is None else indices
-  records = [source[int(i)] for i in idx]
-  width = max(len(r["tokens"]) for r in records)
-  tokens = np.zeros((len(records), width), np.int32)
-  for r, rec in enumerate(records):
-    tokens[r, :len(rec["tokens"])] = rec["tokens"]
-  lengths = np.array([len(r["tokens"]) for r in records], np.int32)
-  latent = {k: np.array([r[k] for r in records]) for k in records[0] if k.startswith("label_")}
-  return Sentences(tokens, lengths, latent)

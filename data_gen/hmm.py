@@ -20,31 +20,7 @@ import numpy as np
 
 from data_gen import evidence as evidence_lib
 from data_gen.language import Language, Sentences, Task
-
-
-@dataclasses.dataclass(frozen=True)
-class HMMConfig:
-  num_states: int = 100
-  vocab_size: int = 200
-  length: int = 16
-  transitions_per_state: int = 10     # 0: dense
-  words_per_state: int = 20           # 0: dense
-  transition_concentration: float = 1.0
-  emission_concentration: float = 1.0
-  task_positions: tuple = (6, 10)
-
-  def __post_init__(self):
-    for name in ("num_states", "vocab_size", "length"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"hmm.{name} must be positive, got {getattr(self, name)}")
-    if not 0 <= self.transitions_per_state <= self.num_states:
-      raise ValueError("hmm.transitions_per_state must lie in [0, num_states]")
-    if not 0 <= self.words_per_state <= self.vocab_size:
-      raise ValueError("hmm.words_per_state must lie in [0, vocab_size]")
-    for k in self.task_positions:
-      if not 0 <= k < self.length:
-        raise ValueError(f"hmm.task_positions: position {k} is outside sentences of "
-                         f"{self.length} words")
+from data_gen.sections import HMMConfig  # pylint: disable=unused-import  (re-exported)
 
 
 def _sparse_rows(rng, rows, cols, per_row, concentration):

@@ -4,38 +4,20 @@
 (``config.data.<language>``) holds the generator's knobs (the fields of
 `MarkovChain`, `RandomGrammarConfig` plus ``grammar_file`` / ``min_length`` /
 ``max_length``, `HMMConfig`, `TeacherConfig`), and ``config.data.seed`` seeds
-the generator itself (not the sample stream). `sections()` gives the default
-sub-sections, so config files list every knob.
+the generator itself (not the sample stream). `data_gen.sections` holds the knobs
+and the default sub-sections (without JAX, for config files and launchers).
 """
 import dataclasses
 from typing import Any, Mapping
 
-import ml_collections
-
-from data_gen.hmm import HMM, HMMConfig
+from data_gen.hmm import HMM
 from data_gen.language import Language
 from data_gen.markov import MarkovChain
 from data_gen.pcfg.language import PCFG
 from data_gen.pcfg.random_grammar import RandomGrammarConfig, random_grammar
 from data_gen.pcfg.rule_file import load_rule_file
-from data_gen.teacher import Teacher, TeacherConfig
-
-
-def pcfg_section(base: RandomGrammarConfig = RandomGrammarConfig()) -> ml_collections.ConfigDict:
-  """Config section of a PCFG: a grammar file, or the knobs of a random grammar."""
-  return ml_collections.ConfigDict(dict(
-      grammar_file="",          # a rule file in the paper's format; overrides the knobs below
-      min_length=1, max_length=31,          # the paper's pre-training filter: length < 32
-      **dataclasses.asdict(base)))
-
-
-def sections() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      markov=dict(num_words=16, length=10, concentration=0.3),
-      pcfg=pcfg_section(),
-      hmm=dict(dataclasses.asdict(HMMConfig()), task_positions=(6, 10)),
-      teacher=dataclasses.asdict(TeacherConfig()),
-  ))
+from data_gen.sections import HMMConfig, TeacherConfig
+from data_gen.teacher import Teacher
 
 
 def _section(data: Mapping[str, Any], name: str) -> dict:

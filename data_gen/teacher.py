@@ -27,32 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_gen.language import Language, Sentences, Task
+from data_gen.sections import TeacherConfig  # pylint: disable=unused-import  (re-exported)
 from flatness import tokens as tok
 from flatness.model import Transformer, TransformerConfig, init_params
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherConfig:
-  vocab_size: int = 64
-  num_classes: int = 4
-  min_length: int = 4
-  max_length: int = 16
-  hidden_size: int = 64
-  num_layers: int = 2
-  num_heads: int = 2
-  mlp_dim: int = 256
-  init_std: float = 0.2           # larger than BERT's 0.02: a teacher with peaked predictions
-  temperature: float = 1.0
-
-  def __post_init__(self):
-    for name in ("vocab_size", "num_classes", "min_length", "max_length", "hidden_size",
-                 "num_layers", "num_heads", "mlp_dim"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"teacher.{name} must be positive, got {getattr(self, name)}")
-    if self.min_length > self.max_length:
-      raise ValueError("teacher.min_length must not exceed teacher.max_length")
-    if self.temperature <= 0:
-      raise ValueError(f"teacher.temperature must be positive, got {self.temperature}")
 
 
 class Teacher(Language):

@@ -22,22 +22,27 @@ Prints, and writes to --out (default: <first workdir's parent>/report; see
                    differences at the final checkpoints (paired by seed index when
                    the seeds match, Welch otherwise).
 
-plus table.csv/.md (every checkpoint) and figures/*.png.
+plus table.csv/.md (every checkpoint) and figures/*.png; with --drift_window, the
+mechanism experiment's drift.md, drift.csv and figures (`flatness.drift_report`):
+
+  python -m experiments.analyze --workdirs='runs/mechanism/*' --tolerance=0.017 \
+      --drift_window=1500
 """
 import glob
 import os
 
 from absl import flags
 
-from flatness import analysis
+from experiments import runner
 from flatness import cli
-from flatness import report
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories (globs allowed).")
 _OUT = flags.DEFINE_string("out", "", "Output directory (default: <parent>/report).")
 _TOL = flags.DEFINE_float("tolerance", 0.05, "Max eval/loss_gap (nats) of rows correlated; "
                           "negative: use every row.")
 _BOOT = flags.DEFINE_integer("num_bootstrap", 1000, "Bootstrap resamples (over runs).")
+_DRIFT = flags.DEFINE_float("drift_window", 0.0, "> 0: also the mechanism's drift report "
+                            "(flatness.drift_report), initial rates over steps <= this.")
 flags.mark_flags_as_required(["workdirs"])
 
 
@@ -57,11 +62,12 @@ def main(argv):
   dirs = expand(_WORKDIRS.value)
   out = _OUT.value or os.path.join(os.path.dirname(os.path.normpath(dirs[0])), "report")
   tol = None if _TOL.value < 0 else _TOL.value
-  rows = analysis.gather(dirs)
-  corrs = analysis.correlate(rows, tolerance=tol, num_bootstrap=_BOOT.value)
-  paths = report.write(rows, corrs, out, tolerance=tol)
+  paths = runner.analyze_runs(dirs, out, tolerance=tol, num_bootstrap=_BOOT.value,
+                              drift_window=_DRIFT.value).paths
   # report.md without its last section, the table of every checkpoint (in table.md).
   print(open(paths["report"]).read().split("\n## Checkpoints")[0])
+  if "drift" in paths:
+    print(open(paths["drift"]).read())
   print("\n".join(f"{k}: {v}" for k, v in paths.items()))
 
 

@@ -27,9 +27,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import runner
+from experiments import sweep
 from flatness import analysis
 from flatness import cli
-from flatness import experiment
 from flatness import logs
 
 FLAGS = flags.FLAGS
@@ -159,17 +160,17 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   config, root = FLAGS.config, FLAGS.workdir
   start = time.perf_counter()
-  runs = experiment.expand(config)
+  runs = sweep.expand(config)
   stages: dict[str, float] = {}
   for run in runs:
     print(f"== {run.name} ({os.path.join(root, run.name)}; phase 1: "
           f"{os.path.join(root, run.phase1.name) if run.phase1 else 'none'})", flush=True)
-    for k, v in experiment.run_one(run, os.path.join(root, run.name),
+    for k, v in runner.run_one(run, os.path.join(root, run.name),
                                    phase1_root=root).items():
       stages[k] = stages.get(k, 0.0) + v
   t0 = time.perf_counter()
-  tol = experiment.tolerance(config)
-  result = experiment.analyze(config, [os.path.join(root, r.name) for r in runs],
+  tol = runner.tolerance(config)
+  result = runner.analyze(config, [os.path.join(root, r.name) for r in runs],
                               os.path.join(root, "report"))
   stages["analysis"] = time.perf_counter() - t0
   rows = [r for r in result.rows if np.isfinite(analysis.value(r, analysis.TRACE))]

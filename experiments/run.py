@@ -5,14 +5,15 @@ r"""Runs an experiment: its sweep of pre-training runs, measurement, probes and 
 
 Each run lives in <workdir>/<run name>; rerunning continues where it stopped.
 The report (tables, correlations, figures) goes to <workdir>/report. See
-`flatness.experiment` and the three configs' docstrings.
+`experiments.sweep` (the config's fields), `experiments.runner` (what runs) and the
+configs' docstrings.
 """
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import runner
 from flatness import cli
 from flatness import distributed
-from flatness import experiment
 from flatness import logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file:variant.")
@@ -26,7 +27,7 @@ def main(argv):
   del argv
   logs.quiet_libraries()
   distributed.initialize()
-  timings, paths = experiment.run_experiment(_CONFIG.value, _WORKDIR.value, only=_RUNS.value,
+  timings, paths = runner.run_experiment(_CONFIG.value, _WORKDIR.value, only=_RUNS.value,
                                              analyze_after=_ANALYZE.value)
   for name, t in timings.items():
     print(f"{name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))

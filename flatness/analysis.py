@@ -144,7 +144,7 @@ def by_run(rows) -> dict[tuple[str, str], list[dict]]:
 # ----------------------------------------------------------------------------- correlations
 
 
-def _spearman(x, y):
+def spearman(x, y):
   """Spearman's rho: Pearson correlation of mid-ranks (= scipy's spearmanr, faster)."""
   if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
     return np.nan
@@ -157,7 +157,7 @@ def _kendall(x, y):
   return float(stats.kendalltau(x, y).statistic)
 
 
-def _partial(x, y, *controls):
+def partial_spearman(x, y, *controls):
   """Partial Spearman correlation of x and y given ``controls``.
 
   Pearson correlation of the residuals of rank(x) and rank(y) after least
@@ -309,14 +309,14 @@ def correlate(rows, *, tolerance: float | None = 0.05, num_bootstrap: int = 1000
 
       one = dict(flatness=f, accuracy=a, runs=runs, num=num_bootstrap, seed=seed)
       every = np.ones(len(sel), bool)
-      out += _scope("all", every, _spearman, (x, y), kendall=True, **one)
-      out += _scope("partial_gap", has_gap, _partial, (x, y, gap), note=gap_note, **one)
+      out += _scope("all", every, spearman, (x, y), kendall=True, **one)
+      out += _scope("partial_gap", has_gap, partial_spearman, (x, y, gap), note=gap_note, **one)
       if len(np.unique(z)) > 1:
-        out += _scope("partial_size", every, _partial, (x, y, z), **one)
-        out += _scope("partial_gap_size", has_gap, _partial, (x, y, gap, z), note=gap_note, **one)
+        out += _scope("partial_size", every, partial_spearman, (x, y, z), **one)
+        out += _scope("partial_gap_size", has_gap, partial_spearman, (x, y, gap, z), note=gap_note, **one)
         out += _scope("within_size", every, _stratified, (x, y, z), **one)
         for g in np.unique(z):
-          out += _scope(f"size={int(g)}", z == g, _spearman, (x, y), kendall=True, **one)
+          out += _scope(f"size={int(g)}", z == g, spearman, (x, y), kendall=True, **one)
   return out
 
 

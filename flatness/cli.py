@@ -27,6 +27,8 @@ import threading
 from absl import app
 from absl import flags
 
+from flatness import compile_cache
+
 USER_ERROR_EXIT_CODE = 2
 DEBUG_ENV = "FLATNESS_DEBUG"
 _PACKAGES = ("flatness", "data_gen", "experiments", "launch")
@@ -196,6 +198,7 @@ def run(main) -> None:
       threading.excepthook = _thread_excepthook
       sys.stderr = _BackgroundTracebacks(sys.stderr)
     try:
+      compile_cache.enable()     # every entry point: sweeps recompile identical programs
       return main(argv)
     except Exception as e:  # pylint: disable=broad-except
       if not is_user_error(e) or _debug():

@@ -42,6 +42,7 @@ from absl import logging
 from flatness import checkpoint_walk
 from flatness import finetune
 from flatness import probe
+from flatness import tokens as tok
 
 
 @dataclasses.dataclass
@@ -144,7 +145,7 @@ class Evaluator:
 
   def lookup(self) -> dict:
     if self._lookup is None:
-      width, out = self.setup.model_cfg.seq_len - 2, {}
+      width, out = tok.max_words(self.setup.model_cfg.seq_len), {}
       x = [lookup_features(self.setup.language, tokens, lengths, width)
            for tokens, lengths in self._sentences()]
       for t in self.tasks:

@@ -18,6 +18,9 @@ the predicted drift is zero.
 * `rate_law(x, rates)`: the least-squares line ``rate = slope * x + intercept``
   through the arms' rates against ``x = eta^2 / B``: slope and intercept with
   standard errors, R^2 and residuals. The theory predicts intercept 0.
+* `collapse_fit(arms, scaling)`: one curve through every arm's change of the
+  metric against a rescaled time (`SCALINGS`: the theory's ``eta^2 t / B`` and
+  the alternatives), with its R^2: the scaling that collapses the arms best.
 """
 import dataclasses
 
@@ -91,3 +94,60 @@ def rate_law(x, rates) -> RateLaw:
   r2 = 1.0 - float(resid @ resid) / total if total > 0 else float("nan")
   return RateLaw(float(coef[0]), float(np.sqrt(cov[0, 0])), float(coef[1]),
                  float(np.sqrt(cov[1, 1])), r2, tuple(float(r) for r in resid))
+
+
+# The time variables a collapse can be tested in: each arm's steps t rescaled by its eta
+# and B. The theory's is eta^2 t / B; the others are what would collapse if the drift
+# followed the loss gap (eta / B), ignored the batch, or ignored both.
+SCALINGS = {
+    "eta^2 t / B": lambda t, lr, b: t * lr ** 2 / b,
+    "eta t / B": lambda t, lr, b: t * lr / b,
+    "eta^2 t": lambda t, lr, b: t * lr ** 2,
+    "t": lambda t, lr, b: t * 1.0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CollapseFit:
+  """One curve ``change = -amplitude * log(1 + x / scale)`` through every arm's points."""
+  scaling: str
+  amplitude: float
+  scale: float
+  r2: float
+  rms: float                   # root-mean-square residual, in the change's units
+  num_points: int
+
+
+def _log_curve(x, amplitude, scale):
+  return -amplitude * np.log1p(x / scale)
+
+
+def collapse_fit(arms, scaling: str) -> CollapseFit:
+  """Least squares of one two-parameter curve through all arms' points.
+
+  ``arms``: ``(steps, changes, lr, batch)`` per arm, ``changes`` the arm's mean change
+  of the metric from step 0. Points at t = 0 (zero by construction) are left out. The
+  curve's two parameters absorb any constant factor in the time variable, so the
+  scalings compete on shape alone: the one whose arms fall on one curve fits best
+  (higher R^2, smaller residual). The shape (logarithmic saturation) is an empirical
+  choice, not the theory's; the comparison between scalings uses the same shape.
+  """
+  from scipy import optimize  # pylint: disable=g-import-not-at-top
+  xs, ys = [], []
+  for steps, changes, lr, batch in arms:
+    t = np.asarray(steps, np.float64)
+    keep = t > 0
+    xs.append(SCALINGS[scaling](t[keep], float(lr), float(batch)))
+    ys.append(np.asarray(changes, np.float64)[keep])
+  x, y = np.concatenate(xs), np.concatenate(ys)
+  if len(x) < 3:
+    raise ValueError(f"a collapse fit needs at least 3 points after t = 0, got {len(x)}")
+  start = (max(float(-y.min()), 1e-6), float(np.median(x)))
+  (amp, scale), _ = optimize.curve_fit(_log_curve, x, y, p0=start,
+                                       bounds=([0.0, 1e-12 * x.max()], [np.inf, np.inf]),
+                                       maxfev=20000)
+  resid = y - _log_curve(x, amp, scale)
+  total = float(((y - y.mean()) ** 2).sum())
+  return CollapseFit(scaling, float(amp), float(scale),
+                     1.0 - float(resid @ resid) / total if total > 0 else float("nan"),
+                     float(np.sqrt(np.mean(resid ** 2))), len(x))

@@ -73,7 +73,7 @@ def _mlm_sums(objective: Objective, params, batch, with_cond: bool):
   logits = objective.logits(params, b)[:, 0, tok.NUM_SPECIAL:]
   logq = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   labels = b["labels"][:, 0] - tok.NUM_SPECIAL
-  w = b["weights"][:, 0] * jnp.repeat(batch["valid"], cfg.seq_len - 2)
+  w = b["weights"][:, 0] * jnp.repeat(batch["valid"], tok.max_words(cfg.seq_len))
   nll = -jnp.take_along_axis(logq, jnp.clip(labels, 0)[:, None], axis=-1)[:, 0]
   out = dict(nll=jnp.sum(nll * w), count=jnp.sum(w),
              correct=jnp.sum((jnp.argmax(logq, -1) == labels) * w))
@@ -95,7 +95,7 @@ def _causal_sums(objective: Objective, params, batch):
 
 def evaluate(objective: Objective, params, val: ValidationSet, *, mesh, batch_size: int = 64):
   """Pooled validation metrics (see module docstring); keys without a prefix."""
-  width = objective.model.cfg.seq_len - 2
+  width = tok.max_words(objective.model.cfg.seq_len)
   n = len(val)
   batch_size = max(mesh.size, batch_size - batch_size % mesh.size)
   with_cond = val.conditionals is not None and not objective.causal

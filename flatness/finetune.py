@@ -77,7 +77,7 @@ def finetune_accuracy(objective: Objective, params, train, test, num_classes: in
     raise ValueError(f"finetune.batch_size ({cfg.batch_size}) must be divisible by the "
                      f"{mesh.size} devices")
   tx, step, predict = _fns(objective, cfg, mesh)
-  width = objective.model.cfg.seq_len - 2
+  width = tok.max_words(objective.model.cfg.seq_len)
   hidden = objective.model.cfg.hidden_size
   head = dict(w=jnp.zeros((hidden, num_classes)), b=jnp.zeros((num_classes,)))
   p = jax.device_put(dict(encoder=params, head=head), sharding.replicated(mesh))

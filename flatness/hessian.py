@@ -7,8 +7,9 @@ batches: the Hessian is then that of the mean loss over the batches,
 a time (fixed memory; each batch may be sharded over a device mesh, and the
 jitted products then run data-parallel).
 
-``hvp`` is forward-over-reverse, ``jvp(grad(L))``: one gradient's memory and
-about two to three gradients' time.
+``hvp`` is forward-over-reverse, ``jvp(grad(L))``, by default: one gradient's
+memory and about two to three gradients' time. The other two orders give the
+same product (`HVP_METHODS`; `benchmarks.curvature` times all three side by side).
 """
 import dataclasses
 import functools
@@ -21,9 +22,26 @@ import numpy as np
 PyTree = Any
 
 
-def hvp(loss_fn: Callable, params: PyTree, v: PyTree, *args) -> PyTree:
-  """H v with ``H`` the Hessian of ``loss_fn(params, *args)`` at ``params``."""
-  return jax.jvp(lambda p: jax.grad(loss_fn)(p, *args), (params,), (v,))[1]
+HVP_METHODS = ("forward_over_reverse", "reverse_over_forward", "reverse_over_reverse")
+
+
+def hvp(loss_fn: Callable, params: PyTree, v: PyTree, *args,
+        method: str = "forward_over_reverse") -> PyTree:
+  """H v with ``H`` the Hessian of ``loss_fn(params, *args)`` at ``params``.
+
+  ``forward_over_reverse``: ``jvp`` of the gradient (one extra forward-mode pass
+  through the backward pass); ``reverse_over_forward``: the gradient of the
+  directional derivative ``<grad L, v>`` computed in forward mode;
+  ``reverse_over_reverse``: the gradient of ``<grad L, v>`` computed in reverse
+  mode (stores the backward pass's intermediates: the most memory).
+  """
+  if method == "forward_over_reverse":
+    return jax.jvp(lambda p: jax.grad(loss_fn)(p, *args), (params,), (v,))[1]
+  if method == "reverse_over_forward":
+    return jax.grad(lambda p: jax.jvp(lambda q: loss_fn(q, *args), (p,), (v,))[1])(params)
+  if method == "reverse_over_reverse":
+    return jax.grad(lambda p: vdot(jax.grad(loss_fn)(p, *args), v))(params)
+  raise ValueError(f"hvp method {method!r}; choose one of {HVP_METHODS}")
 
 
 def path_name(path) -> str:

@@ -48,6 +48,7 @@ from flatness import presets
 from flatness import sharding
 from flatness import sharpness
 from flatness import spectrum
+from flatness import tokens as tok
 from flatness import trace
 from flatness import trainer
 from flatness.model import Transformer
@@ -70,7 +71,7 @@ def eval_batches(setup: trainer.Setup, num_batches: int, batch_size: int, seed: 
     raise ValueError(f"measure.num_batches must be positive, got {num_batches}")
   num_sentences = num_batches * batch_size
   sents = setup.language.sample(np.random.default_rng([seed, 7919]), num_sentences)
-  width = setup.model_cfg.seq_len - 2
+  width = tok.max_words(setup.model_cfg.seq_len)
   batches = []
   prepare = jax.jit(setup.objective.prepare)
   rows = sharding.process_rows(batch_size)
@@ -146,7 +147,7 @@ class Measurer:
         est = trace.hessian_trace(loss_fn, point, k, num_probes=c.trace.num_probes,
                                   method=c.trace.method, probe=c.trace.probe,
                                   include=self.include, chunk=c.trace.chunk,
-                                  batches=self.batches, error=error)
+                                  batches=self.batches, error=error, hvp=c.trace.hvp)
         out.update(est.as_metrics(name) if name == "trace" else
                    dict(trace_enlarged=est.value, trace_enlarged_stderr=est.stderr))
       elif name == "top_eigenvalue":

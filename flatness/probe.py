@@ -87,7 +87,7 @@ def encoder_features(objective: Objective, params, tokens, lengths, kind: str = 
   if kind not in FEATURES:
     raise ValueError(f"probe features: unknown kind {kind!r}; choose from {FEATURES}")
   seq_len = objective.model.cfg.seq_len
-  width = seq_len - 2
+  width = tok.max_words(seq_len)
   tokens = jnp.asarray(tokens, jnp.int32)[:, :width]
   lengths = jnp.minimum(jnp.asarray(lengths, jnp.int32), width)
   ids = tok.encode(tokens, lengths, seq_len)
@@ -119,7 +119,7 @@ def features(objective: Objective, params, tokens, lengths, *, kind: str = "conc
   """
   if kind not in FEATURES:
     raise ValueError(f"probe features: unknown kind {kind!r}; choose from {FEATURES}")
-  width = objective.model.cfg.seq_len - 2
+  width = tok.max_words(objective.model.cfg.seq_len)
   batch_size = max(mesh.size, batch_size - batch_size % mesh.size)
   fn, rows, out = _feature_fn(objective, kind, mesh), sharding.process_rows(batch_size), []
   n = len(lengths)

@@ -45,12 +45,3 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local.items()}
-
-
-def replicate(tree, mesh: Mesh):
-  """Host values -> arrays replicated on every device of the mesh."""
-  sharding = replicated(mesh)
-  def put(x):
-    x = np.asarray(x)
-    return jax.make_array_from_process_local_data(sharding, x, x.shape)
-  return jax.tree.map(put, tree)

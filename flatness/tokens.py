@@ -21,6 +21,11 @@ def model_vocab_size(num_words: int) -> int:
   return num_words + NUM_SPECIAL
 
 
+def max_words(seq_len: int) -> int:
+  """Words a sequence of ``seq_len`` positions holds: [CLS] and [SEP] take two."""
+  return seq_len - 2
+
+
 def encode(tokens, lengths, seq_len: int):
   """Word batch -> model input ids.
 
@@ -35,8 +40,8 @@ def encode(tokens, lengths, seq_len: int):
   tokens = jnp.asarray(tokens, jnp.int32)
   lengths = jnp.asarray(lengths, jnp.int32)
   b, width = tokens.shape
-  if width > seq_len - 2:
-    tokens = tokens[:, :seq_len - 2]
+  if width > max_words(seq_len):
+    tokens = tokens[:, :max_words(seq_len)]
   pos = jnp.arange(seq_len)[None, :]
   word_idx = jnp.clip(pos - 1, 0, tokens.shape[1] - 1)
   words = jnp.take_along_axis(tokens, jnp.broadcast_to(word_idx, (b, seq_len)), axis=1)
@@ -51,9 +56,3 @@ def word_mask(lengths, seq_len: int):
   pos = jnp.arange(seq_len)[None, :]
   n = jnp.asarray(lengths)[:, None]
   return (pos >= 1) & (pos <= n)
-
-
-def attention_mask(lengths, seq_len: int):
-  """bool [B, seq_len]: True at real tokens ([CLS], words, [SEP])."""
-  pos = jnp.arange(seq_len)[None, :]
-  return pos <= jnp.asarray(lengths)[:, None] + 1

@@ -38,6 +38,7 @@ from flatness import optimizers
 from flatness import preemption
 from flatness import run_config
 from flatness import sharding
+from flatness import tokens as tok
 from flatness import train_step as train_step_lib
 from flatness.model import Transformer, TransformerConfig, init_params, param_count
 from flatness.objectives import Objective
@@ -87,7 +88,7 @@ def build(config, *, language=None, mesh=None) -> Setup:
   language = language or registry.make_language(config.data)
   model_cfg = run_config.model_config(config.model, language.vocab_size, language.max_length)
   objective = Objective(Transformer(model_cfg), run_config.masking_spec(
-      config.get("masking"), max_words=model_cfg.seq_len - 2))
+      config.get("masking"), max_words=tok.max_words(model_cfg.seq_len)))
   # Fails here, before anything is written, if the language or objective has no exact targets.
   objectives.training_targets(config.get("targets", "sampled"), language, objective)
   steps = int(config.train.num_steps)
@@ -146,7 +147,7 @@ def make_source(setup: Setup, labels=()) -> input_pipeline.BatchSource:
     from data_gen import datasets  # pylint: disable=g-import-not-at-top
     records = datasets.load_split(data, "train")
     return input_pipeline.ArraySource(records, t.batch_size, seed=int(setup.config.seed),
-                                      width=setup.model_cfg.seq_len - 2)
+                                      width=tok.max_words(setup.model_cfg.seq_len))
   raise ValueError(f"data.source: unknown source {kind!r}; choose 'stream' or 'dataset'")
 
 
@@ -156,7 +157,7 @@ def make_validation(setup: Setup) -> evaluation.ValidationSet:
   if data.get("source", "stream") == "dataset" and not setup.model_cfg.causal:
     from data_gen import datasets  # pylint: disable=g-import-not-at-top
     return evaluation.ValidationSet.from_records(datasets.load_split(data, "validation"),
-                                                 setup.model_cfg.seq_len - 2)
+                                                 tok.max_words(setup.model_cfg.seq_len))
   return evaluation.ValidationSet.from_language(
       setup.language, int(data.num_validation), seed=int(setup.config.seed),
       causal=setup.model_cfg.causal)
@@ -294,133 +295,182 @@ def train(config, workdir: str, *, setup: Setup | None = None,
       writer.close()
 
 
-def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transform, labels,
-           stop_after):
-  t = config.train
+@dataclasses.dataclass
+class _Start:
+  """Where a run starts: its own latest checkpoint, another run's (phase 2), or fresh."""
+  state: train_step_lib.TrainState
+  step: int
+  position: int                      # batches of the data stream consumed so far
+  base_key: Any                      # the run's key; step s uses fold_in(base_key, s)
+  from_init: bool = False            # a phase 2 starting from another run's checkpoint
+  resumed: bool = False              # from this run's own checkpoint
+
+
+def _start(config, workdir: str, setup: Setup, ckpt: checkpointing.Checkpointer,
+           current: dict) -> _Start:
+  """Resumes from the newest readable checkpoint (checked against the config), else
+  starts from ``config.init`` or a fresh init; records the start in the run's files."""
   base_key = jax.random.key(int(config.seed))
-  current = _config_dict(config)
   restored = ckpt.restore_latest(
       setup.abstract_state(),
       check_meta=lambda meta: _check_resume_compatible(
           workdir, _saved_config(workdir, meta), current))
   if restored is not None:
     start = int(restored.meta["step"])
-    state, position = restored.state, int(restored.meta["data_position"])
-    base_key = jax.random.wrap_key_data(np.asarray(restored.meta["rng"], np.uint32))
-    writer.drop_after(start)
     saved = _saved_config(workdir, restored.meta)
     if not os.path.exists(os.path.join(workdir, CONFIG_JSON)):
-      _write_config(workdir, saved, param_count(state.params))   # the record, rebuilt
-    if start < int(t.num_steps):   # a finished run relaunched (a shared phase 1) logs nothing
+      _write_config(workdir, saved, param_count(restored.state.params))   # the record, rebuilt
+    if start < int(config.train.num_steps):   # a finished run relaunched logs nothing
       _log_event(workdir, "resume", start, changed=_changes(saved, current))
     logging.info("Resumed from step %d of %s", start, workdir)
+    return _Start(restored.state, start, int(restored.meta["data_position"]),
+                  jax.random.wrap_key_data(np.asarray(restored.meta["rng"], np.uint32)),
+                  resumed=True)
+  init = config.get("init") or {}
+  if init.get("workdir"):
+    params, meta = restore_params(init["workdir"], int(init.get("step", -1)), setup)
+    logging.info("Starting from step %d of %s", meta["step"], init["workdir"])
+    # Fresh sentences and masks: continue the source run's stream, and fold its stop into
+    # the key so that step s of this run does not reuse the masks of its step s.
+    begin = _Start(setup.state_from(params), 0, int(meta["data_position"]),
+                   jax.random.fold_in(base_key, int(meta["step"])), from_init=True)
   else:
-    start, position = 0, 0
-    init = config.get("init") or {}
-    if init.get("workdir"):
-      params, meta = restore_params(init["workdir"], int(init.get("step", -1)), setup)
-      state = setup.state_from(params)
-      # Fresh sentences and masks: continue the source run's stream, and fold its stop
-      # into the key so that step s of this run does not reuse the masks of its step s.
-      position = int(meta["data_position"])
-      base_key = jax.random.fold_in(base_key, int(meta["step"]))
-      logging.info("Starting from step %d of %s", meta["step"], init["workdir"])
-    else:
-      state = setup.create_state(jax.random.fold_in(base_key, 0))
-  n_params = param_count(state.params)
-  if restored is None:
-    _write_config(workdir, current, n_params)
-    _log_event(workdir, "start", start)
-  logging.info("Model: %d parameters; mesh %s over %d devices (%d processes)", n_params,
-               dict(setup.mesh.shape), setup.mesh.size, jax.process_count())
-  validation = validation or make_validation(setup)
-  source = source or make_source(setup, labels)
+    begin = _Start(setup.create_state(jax.random.fold_in(base_key, 0)), 0, 0, base_key)
+  _write_config(workdir, current, param_count(begin.state.params))
+  _log_event(workdir, "start", 0)
+  return begin
 
+
+def _compile_step(config, setup: Setup, loss_transform):
+  """The jitted, sharded train step (`flatness.train_step`); the state is donated."""
   step_fn = train_step_lib.make_train_step(
       setup.objective, setup.tx, schedule=setup.schedule,
-      grad_accum_steps=int(t.grad_accum_steps), loss_transform=loss_transform,
+      grad_accum_steps=int(config.train.grad_accum_steps), loss_transform=loss_transform,
       targets=objectives.training_targets(config.get("targets", "sampled"), setup.language,
                                           setup.objective))
   rep, data = sharding.replicated(setup.mesh), sharding.batch_sharding(setup.mesh)
-  jitted = jax.jit(step_fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
-                   donate_argnums=(0,))
+  return jax.jit(step_fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                 donate_argnums=(0,))
 
-  num_steps = int(t.num_steps) if stop_after is None else min(int(t.num_steps), stop_after)
-  batches = input_pipeline.prefetch(source.batches(position), size=int(t.get("prefetch", 2)))
-  guard = preemption.PreemptionGuard()
-  pending: list[tuple[int, dict]] = []   # device metrics not yet fetched
-  tokens_since, timer, eval_metrics = 0, None, {}
 
-  def flush_metrics(step):
-    nonlocal tokens_since, timer
-    ckpt.check_for_errors()   # a failed background save stops the run here, not steps later
-    fetched = jax.device_get(pending)
-    pending.clear()
+class _MetricLog:
+  """The train metrics of the steps since the last flush, fetched in one transfer.
+
+  The step's metrics stay on the device until a flush (every ``log_every`` steps,
+  before an evaluation or a save), so the loop never waits on the host. A flush
+  checks every step's finiteness (a NaN stops the run before anything is saved),
+  writes the last step's metrics and the throughput since the previous flush.
+  """
+
+  def __init__(self, writer, ckpt, workdir: str):
+    self.writer, self.ckpt, self.workdir = writer, ckpt, workdir
+    self.pending: list[tuple[int, dict]] = []
+    self.tokens, self.timer = 0, None
+
+  def add(self, step: int, metrics: dict, tokens: int) -> None:
+    self.pending.append((step, metrics))
+    self.tokens += tokens
+
+  def pause(self) -> None:
+    """Evaluation time is not training time: the next rate starts after it."""
+    self.timer = None
+
+  def flush(self, step: int) -> None:
+    self.ckpt.check_for_errors()   # a failed background save stops the run here
+    fetched = jax.device_get(self.pending)
+    self.pending.clear()
     for s, m in fetched:
       if not m["finite"]:
         raise NonFiniteLossError(
             f"non-finite loss at step {s} (loss={float(m['loss'])}, objective="
             f"{float(m.get('objective', m['loss']))}, grad_norm="
             f"{float(m['grad_norm'])}); stopped without saving, so the last good checkpoint "
-            f"({ckpt.latest_step()}) in {workdir} is intact. Try a lower "
+            f"({self.ckpt.latest_step()}) in {self.workdir} is intact. Try a lower "
             "optimizer.learning_rate or set optimizer.clip_norm.")
     if not fetched:
       return
     last_step, last = fetched[-1]
     scalars = {f"train/{k}": v for k, v in last.items() if k not in ("finite", "predictions")}
     now = time.perf_counter()
-    if timer is not None:
-      t0, s0 = timer
+    if self.timer is not None:
+      t0, s0 = self.timer
       scalars["perf/steps_per_sec"] = (step - s0) / (now - t0)
-      scalars["perf/tokens_per_sec"] = tokens_since / (now - t0)
-    timer, tokens_since = (now, step), 0
-    writer.write_scalars(last_step, scalars)
+      scalars["perf/tokens_per_sec"] = self.tokens / (now - t0)
+    self.timer, self.tokens = (now, step), 0
+    self.writer.write_scalars(last_step, scalars)
     logging.info("step %d: train/loss=%.4f%s", last_step, float(last["loss"]),
                  f" ({scalars['perf/steps_per_sec']:.1f} steps/s)"
                  if "perf/steps_per_sec" in scalars else "")
 
-  def save(step):
-    flush_metrics(step)
-    if ckpt.latest_step() == step:
-      return
-    key_data = np.asarray(jax.random.key_data(base_key)).tolist()
-    ckpt.save(step, state, dict(step=step, data_position=position, rng=key_data,
-                                num_params=n_params, config=current))
 
-  step = start
-  if step == 0 and (config.get("init") or {}).get("workdir"):
+def _evaluate(setup: Setup, params, validation, batch_size: int, writer, step: int) -> dict:
+  metrics = evaluation.evaluate(setup.objective, params, validation, mesh=setup.mesh,
+                                batch_size=batch_size)
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+  logging.info("step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+  return metrics
+
+
+def _save(ckpt, log: _MetricLog, step: int, state, position: int, base_key, meta: dict):
+  """Flushes the metrics (a NaN is never saved), then checkpoints with the data position."""
+  log.flush(step)
+  if ckpt.latest_step() == step:
+    return
+  key_data = np.asarray(jax.random.key_data(base_key)).tolist()
+  ckpt.save(step, state, dict(meta, step=step, data_position=position, rng=key_data))
+
+
+def _due(step: int, every, last: int) -> bool:
+  return step % int(every) == 0 or step == last
+
+
+def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transform, labels,
+           stop_after):
+  """The loop: one step per batch, with the periodic actions (log, evaluate, save) and a
+  preemption check after each."""
+  t = config.train
+  current = _config_dict(config)
+  begin = _start(config, workdir, setup, ckpt, current)
+  state, step, position, base_key = begin.state, begin.step, begin.position, begin.base_key
+  if begin.resumed:
+    writer.drop_after(step)      # metrics written after the checkpoint are redone
+  meta = dict(num_params=param_count(state.params), config=current)
+  logging.info("Model: %d parameters; mesh %s over %d devices (%d processes)", meta["num_params"],
+               dict(setup.mesh.shape), setup.mesh.size, jax.process_count())
+  validation = validation or make_validation(setup)
+  source = source or make_source(setup, labels)
+  jitted = _compile_step(config, setup, loss_transform)
+  num_steps = int(t.num_steps) if stop_after is None else min(int(t.num_steps), stop_after)
+  eval_bs = int(t.eval_batch_size)
+  batches = input_pipeline.prefetch(source.batches(position), size=int(t.get("prefetch", 2)))
+  guard = preemption.PreemptionGuard()
+  log, eval_metrics = _MetricLog(writer, ckpt, workdir), {}
+  if begin.from_init:
     # The starting point of phase 2 is its first measured checkpoint.
-    eval_metrics = evaluation.evaluate(setup.objective, state.params, validation,
-                                       mesh=setup.mesh, batch_size=int(t.eval_batch_size))
-    writer.write_scalars(0, {f"eval/{k}": v for k, v in eval_metrics.items()})
-    save(0)
+    eval_metrics = _evaluate(setup, state.params, validation, eval_bs, writer, 0)
+    _save(ckpt, log, 0, state, position, base_key, meta)
   try:
     while step < num_steps:
       local = next(batches)
-      tokens_since += int(np.sum(local["lengths"]) + 2 * len(local["lengths"])) * jax.process_count()
+      tokens = int(np.sum(local["lengths"]) + 2 * len(local["lengths"])) * jax.process_count()
       state, metrics = jitted(state, sharding.global_batch(local, setup.mesh),
                               jax.random.fold_in(base_key, step))
-      step += 1
-      position += 1
-      pending.append((step, metrics))
-      if step % int(t.log_every) == 0 or step == num_steps:
-        flush_metrics(step)
-      if step % int(t.eval_every) == 0 or step == num_steps:
-        flush_metrics(step)
-        eval_metrics = evaluation.evaluate(setup.objective, state.params, validation,
-                                           mesh=setup.mesh, batch_size=int(t.eval_batch_size))
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-        logging.info("step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
-        timer = None   # evaluation time is not training time
-      if step % int(t.checkpoint_every) == 0 or step == num_steps:
-        save(step)
+      step, position = step + 1, position + 1
+      log.add(step, metrics, tokens)
+      if _due(step, t.log_every, num_steps):
+        log.flush(step)
+      if _due(step, t.eval_every, num_steps):
+        log.flush(step)
+        eval_metrics = _evaluate(setup, state.params, validation, eval_bs, writer, step)
+        log.pause()
+      if _due(step, t.checkpoint_every, num_steps):
+        _save(ckpt, log, step, state, position, base_key, meta)
       if guard.should_stop(step):
-        save(step)
+        _save(ckpt, log, step, state, position, base_key, meta)
         ckpt.wait()
         logging.warning("Preempted: saved step %d and stopping", step)
         return TrainResult(state, step, eval_metrics, preempted=True)
-    if ckpt.latest_step() != step:
-      save(step)
+    _save(ckpt, log, step, state, position, base_key, meta)   # no-op when just saved
     ckpt.wait()
     writer.flush()
     return TrainResult(state, step, eval_metrics)

@@ -27,12 +27,11 @@ from concurrent import futures
 
 from absl import app
 from absl import flags
-
-FLAGS = flags.FLAGS
 from ml_collections import config_flags
 
-from flatness import experiment
+from experiments import sweep
 
+FLAGS = flags.FLAGS
 
 
 def run_commands(config_arg: str, config, workdir: str, extra=()) -> list[tuple[str, list[str]]]:
@@ -40,7 +39,7 @@ def run_commands(config_arg: str, config, workdir: str, extra=()) -> list[tuple[
   phase-1 run, running the runs that continue from it one after another (so that no two
   jobs ever train the same phase 1)."""
   jobs: dict[str, list[str]] = {}
-  for r in experiment.expand(config):
+  for r in sweep.expand(config):
     jobs.setdefault(r.phase1.name if r.phase1 else r.name, []).append(r.name)
   return [(job, ["python", "-m", "experiments.run", f"--config={config_arg}",
                  f"--workdir={workdir}", f"--runs={','.join(names)}", "--noanalyze", *extra])
@@ -48,9 +47,14 @@ def run_commands(config_arg: str, config, workdir: str, extra=()) -> list[tuple[
 
 
 def analyze_command(config, workdir: str) -> list[str]:
-  tol = config.analysis.get("tolerance", 0.05)
-  return ["python", "-m", "experiments.analyze", f"--workdirs={workdir}/*",
-          f"--out={workdir}/report", f"--tolerance={tol}"]
+  a = config.analysis
+  tol = a.get("tolerance", 0.05)
+  cmd = ["python", "-m", "experiments.analyze", f"--workdirs={workdir}/*",
+         f"--out={workdir}/report", f"--tolerance={tol}",
+         f"--num_bootstrap={a.get('num_bootstrap', 1000)}"]
+  if a.get("drift_window"):          # the mechanism experiment's drift report
+    cmd.append(f"--drift_window={a.drift_window}")
+  return cmd
 
 
 def wrap(mode: str, name: str, argv: list[str], *, sbatch_args=(), tpu_name="", zone="",

@@ -139,7 +139,7 @@ def test_run_bootstrap_is_wider_than_a_row_bootstrap_under_run_level_effects():
   c = _scope(analysis.correlate(rows, num_bootstrap=400), "all")
   x = np.array([r["curvature/trace"] for r in rows])
   y = np.array([r["downstream/A/probe_acc"] for r in rows])
-  spearman = analysis._spearman  # pylint: disable=protected-access
+  spearman = analysis.spearman
   lo, hi = analysis.bootstrap(spearman, (x, y), num=400)   # rows as if independent
   assert lo <= c.spearman <= hi
   assert c.spearman_hi - c.spearman_lo > 2 * (hi - lo)

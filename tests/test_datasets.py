@@ -11,6 +11,7 @@ import resume_check
 from data_gen import datasets
 from data_gen import describe
 from data_gen import registry
+from data_gen import sections
 from data_gen.pcfg.random_grammar import RandomGrammarConfig
 from experiments.configs import pretrain
 from flatness import evaluation
@@ -22,8 +23,8 @@ SIZES = datasets.Sizes(train=300, validation=40, test=20, task_train=30, task_te
 
 
 def _data(seed=0):
-  d = ml_collections.ConfigDict(dict(language="pcfg", seed=seed, **registry.sections()))
-  d.pcfg = registry.pcfg_section(TINY)
+  d = ml_collections.ConfigDict(dict(language="pcfg", seed=seed, **sections.sections()))
+  d.pcfg = sections.pcfg_section(TINY)
   return d
 
 
@@ -73,8 +74,9 @@ sys.path.insert(0, {str(tmp_path)!r})
 from data_gen import datasets
 import ml_collections
 from data_gen import registry
+from data_gen import sections
 from data_gen.pcfg.random_grammar import RandomGrammarConfig
-d = ml_collections.ConfigDict(dict(language="markov", seed=0, **registry.sections()))
+d = ml_collections.ConfigDict(dict(language="markov", seed=0, **sections.sections()))
 b = datasets.builder(d, datasets.Sizes(train=20, validation=5, test=5, task_train=5, task_test=5),
                      data_dir={str(tmp_path / "tfds")!r})
 b.download_and_prepare()

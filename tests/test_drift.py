@@ -136,3 +136,18 @@ def test_collapse_time_and_estimators():
   assert law.slope == pytest.approx(1.98, abs=1e-9) and law.intercept == pytest.approx(0.05)
   with pytest.raises(ValueError, match="at least 3 arms"):
     drift.rate_law([1, 2], [1, 2])
+
+
+def test_collapse_fit_prefers_the_scaling_the_data_follow():
+  """Arms whose change is one curve of eta^2 t / B: that scaling fits exactly, and the
+  alternatives, which spread the arms apart, fit worse."""
+  steps = np.arange(0, 3001, 500)
+  arms = [(steps, -40 * np.log1p(steps * lr ** 2 / b / 0.05), lr, b)
+          for lr in (0.02, 0.04, 0.08) for b in (32, 64, 128)]
+  fits = {name: drift.collapse_fit(arms, name) for name in drift.SCALINGS}
+  best = fits["eta^2 t / B"]
+  assert best.r2 == pytest.approx(1.0, abs=1e-9) and best.rms < 1e-6
+  assert best.amplitude == pytest.approx(40, rel=1e-6)
+  assert best.scale == pytest.approx(0.05, rel=1e-6)
+  for name in ("eta t / B", "eta^2 t", "t"):
+    assert fits[name].r2 < 0.95 and fits[name].rms > 1.0, name

@@ -4,12 +4,14 @@ import os
 
 import pytest
 
+from experiments import runner
+from experiments import sweep
 from experiments.configs import algorithm
 from experiments.configs import continue_training
+from experiments.configs import mechanism
 from experiments.configs import model_size
 from experiments.configs import pretrain
 from flatness import analysis
-from flatness import experiment
 from flatness import metric_writers
 from flatness import presets
 from flatness import run_config
@@ -29,8 +31,8 @@ def _merged(workdir):
 ])
 def test_tiny_experiment_end_to_end(module, extra, tmp_path):
   config = module.get_config("tiny")
-  runs = experiment.expand(config)
-  timings, paths = experiment.run_experiment(config, str(tmp_path))
+  runs = sweep.expand(config)
+  timings, paths = runner.run_experiment(config, str(tmp_path))
   assert set(timings) == {r.name for r in runs}
   for run in runs:
     workdir = tmp_path / run.name
@@ -57,14 +59,42 @@ def test_tiny_experiment_end_to_end(module, extra, tmp_path):
     assert os.path.getsize(paths[key]) > 0
   # Rerunning skips everything already done: no new metrics.
   before = os.path.getsize(tmp_path / runs[0].name / metric_writers.JSONL)
-  experiment.run_experiment(config, str(tmp_path), only=[runs[0].name], analyze_after=False)
+  runner.run_experiment(config, str(tmp_path), only=[runs[0].name], analyze_after=False)
   assert os.path.getsize(tmp_path / runs[0].name / metric_writers.JSONL) == before
+
+
+def test_mechanism_end_to_end_probes_the_shared_start_once(tmp_path):
+  """The mechanism's wiring: one phase 1 for every arm; tr(H) at every checkpoint; probes
+  at each run's end and at the shared start once; the drift report written."""
+  config = mechanism.get_config("tiny")
+  runs = sweep.expand(config)
+  _, paths = runner.run_experiment(config, str(tmp_path))
+  last = config.pretrain.train.num_steps
+  probed_starts = []
+  for run in runs:
+    steps = _merged(str(tmp_path / run.name))
+    assert all("curvature/trace" in steps[s] for s in (0, last // 2, last)), run.name
+    assert "downstream/A/probe_acc" in steps[last]
+    assert "downstream/A/probe_acc" not in steps[last // 2]
+    probed_starts += ["downstream/A/probe_acc" in steps[0]]
+  assert probed_starts == [True] + [False] * (len(runs) - 1)
+  text = open(paths["drift"]).read()
+  assert "exact_lr0.2_b16 - sgd_lr0.2_b16" in text
+  assert os.path.getsize(paths["collapse"]) > 0
+
+
+def test_mechanism_seeds_measure_on_their_own_draws():
+  runs = sweep.expand(mechanism.get_config("pcfg_compact"))
+  seeds = {(r.config.pretrain.seed, r.config.measure.seed) for r in runs}
+  assert seeds == {(0, 0), (1, 1), (2, 2)}
+  assert {r.phase1.config.seed for r in runs} == {0}         # one converged start
+  assert len(runs) == 11 * 3
 
 
 def test_seeds_run_each_recipe_n_times_with_its_own_pretraining_seed():
   config = algorithm.get_config("tiny")
   config.seeds = 3
-  runs = experiment.expand(config)
+  runs = sweep.expand(config)
   assert [r.name for r in runs][:4] == ["adamw_seed0", "adamw_seed1", "adamw_seed2", "sgd_seed0"]
   assert len(runs) == 3 * len(config.sweep)
   for r in runs:
@@ -75,7 +105,7 @@ def test_seeds_run_each_recipe_n_times_with_its_own_pretraining_seed():
   assert runs[3].config.pretrain.optimizer.name == "sgd"
   config.seeds = 0
   with pytest.raises(ValueError, match="seeds"):
-    experiment.expand(config)
+    sweep.expand(config)
 
 
 def test_only_checkpoints_within_tolerance_are_evaluated_when_asked(tmp_path):
@@ -86,12 +116,12 @@ def test_only_checkpoints_within_tolerance_are_evaluated_when_asked(tmp_path):
   writer.close()
   config = algorithm.get_config("pcfg_small")
   assert config.analysis.evaluate == "within_tolerance" and config.analysis.tolerance == 0.2
-  assert experiment.steps_to_evaluate(config, str(tmp_path)) == [2000, 3000, 4000]
+  assert runner.steps_to_evaluate(config, str(tmp_path)) == [2000, 3000, 4000]
   config.analysis.evaluate = "all"
-  assert experiment.steps_to_evaluate(config, str(tmp_path)) is None
+  assert runner.steps_to_evaluate(config, str(tmp_path)) is None
   config.analysis.evaluate = "some"
   with pytest.raises(ValueError, match="analysis.evaluate"):
-    experiment.steps_to_evaluate(config, str(tmp_path))
+    runner.steps_to_evaluate(config, str(tmp_path))
 
 
 def test_two_phase_runs_share_phase1_unless_model_or_seed_differ():
@@ -99,7 +129,7 @@ def test_two_phase_runs_share_phase1_unless_model_or_seed_differ():
   config.sweep = tuple(config.sweep) + (
       {"name": "wide", "pretrain.model.hidden_size": 128},
       {"name": "adv", "pretrain.adversarial.lam": 0.01, "pretrain.adversarial.task": "B"})
-  runs = {r.name: r for r in experiment.expand(config)}
+  runs = {r.name: r for r in sweep.expand(config)}
   assert len(runs) == 4 * config.seeds
   for k in range(config.seeds):
     assert (runs[f"adamw_seed{k}"].phase1.name == runs[f"exact_seed{k}"].phase1.name
@@ -113,27 +143,27 @@ def test_two_phase_runs_share_phase1_unless_model_or_seed_differ():
   assert p1.adversarial.lam == 0 and p2.adversarial.lam == 0.01
   # One converged checkpoint for every seed: phase1_seed.
   config.phase1_seed = 0
-  shared = {r.name: r for r in experiment.expand(config)}
+  shared = {r.name: r for r in sweep.expand(config)}
   assert {r.phase1.name for n, r in shared.items() if not n.startswith("wide")} == {
       "phase1_adamw_seed0"}
   assert shared["exact_seed2"].phase1.config.seed == 0
   assert shared["exact_seed2"].config.pretrain.seed == 2
   config.sweep = tuple(e for e in config.sweep if e["name"] != "wide")
-  assert {r.phase1.name for r in experiment.expand(config)} == {"phase1_seed0"}
+  assert {r.phase1.name for r in sweep.expand(config)} == {"phase1_seed0"}
   config.phase1_seed = -1
   with config.unlocked():
     config.phase1.model = config.pretrain.model
   with pytest.raises(ValueError, match="phase1: \\['model'\\] cannot differ"):
-    experiment.expand(config)
+    sweep.expand(config)
 
 
 def test_sweep_errors_name_the_problem():
   config = algorithm.get_config("tiny")
   with pytest.raises(ValueError, match="not in the sweep"):
-    experiment.select(experiment.expand(config), ["nope"])
+    sweep.select(sweep.expand(config), ["nope"])
   config.sweep = ({"name": "x", "pretrain.optimizer.nme": "sgd"},)
   with pytest.raises(ValueError, match="pretrain.optimizer.nme"):
-    experiment.expand(config)
+    sweep.expand(config)
 
 
 @pytest.mark.parametrize("module,variant", [
@@ -143,7 +173,8 @@ def test_sweep_errors_name_the_problem():
                                      "pcfg", "pcfg_235m")] + [
     (model_size, v) for v in ("tiny", "pcfg_small", "pcfg_compact", "pcfg")] + [
     (algorithm, v) for v in ("tiny", "pcfg_small", "pcfg_compact", "pcfg_small_lambda", "pcfg",
-                             "pcfg_235m")])
+                             "pcfg_235m")] + [
+    (mechanism, v) for v in ("tiny", "pcfg_compact", "pcfg")])
 def test_every_documented_variant_is_a_valid_config(module, variant):
   """No compilation: each variant named in a config docstring builds, expands and passes
   the trainer's start-up checks on 8 devices."""
@@ -151,7 +182,7 @@ def test_every_documented_variant_is_a_valid_config(module, variant):
       "pcfg_<preset>" in module.__doc__ and variant.split("_", 1)[1] in presets.PRESETS)
   assert documented, f"{variant} is not in {module.__name__}'s docstring"
   config = module.get_config(variant)
-  runs = experiment.expand(config) if module is not pretrain else [None]
+  runs = sweep.expand(config) if module is not pretrain else [None]
   for run in runs:
     run_config.check_train(run.config.pretrain if run else config, 8)
     if run and run.phase1:

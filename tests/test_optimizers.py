@@ -18,8 +18,16 @@ def _params():
   return {"w": jnp.array([[1.0, -2.0, 0.5]]), "b": jnp.zeros(3)}
 
 
+def _cfg(**fields):
+  """A complete optimizer section (the library has no defaults of its own)."""
+  base = dict(name="adamw", learning_rate=0.1, schedule="linear", warmup_steps=0,
+              end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0,
+              nesterov=False, clip_norm=0.0, sam_rho=0.05, sam_base="sgd")
+  return dict(base, **fields)
+
+
 def test_schedule_warmup_then_decay():
-  cfg = dict(learning_rate=1.0, warmup_steps=10, schedule="linear", end_lr_factor=0.1)
+  cfg = _cfg(learning_rate=1.0, warmup_steps=10, schedule="linear", end_lr_factor=0.1)
   lr = optimizers.make_schedule(cfg, 110)
   assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.5)
   assert float(lr(10)) == pytest.approx(1.0) and float(lr(110)) == pytest.approx(0.1)
@@ -39,7 +47,7 @@ def test_weight_decay_mask_skips_vectors():
                                         ("lamb", {}), ("adafactor", {}),
                                         ("sam", {"sam_base": "adamw"})])
 def test_every_optimizer_minimises_a_quadratic(name, extra):
-  cfg = dict(name=name, learning_rate=0.05, warmup_steps=0, schedule="constant",
+  cfg = _cfg(name=name, learning_rate=0.05, warmup_steps=0, schedule="constant",
              clip_norm=10.0, **extra)
   tx = optimizers.make_optimizer(cfg, 200)
   params = _params()
@@ -60,7 +68,7 @@ def test_every_optimizer_minimises_a_quadratic(name, extra):
 def test_sam_step_is_the_gradient_at_the_perturbed_point():
   """SGD-based SAM: theta' = theta - lr * grad L(theta + rho g / |g|)."""
   rho, lr = 0.3, 0.1
-  tx = optimizers.make_optimizer(dict(name="sam", sam_base="sgd", sam_rho=rho, learning_rate=lr,
+  tx = optimizers.make_optimizer(_cfg(name="sam", sam_base="sgd", sam_rho=rho, learning_rate=lr,
                                       warmup_steps=0, schedule="constant"), 10)
   params = _params()
   g = jax.grad(_quadratic)(params)
@@ -80,4 +88,15 @@ def test_sam_step_is_the_gradient_at_the_perturbed_point():
 ])
 def test_bad_optimizer_config_names_the_field(cfg, match):
   with pytest.raises(ValueError, match=match):
-    optimizers.make_optimizer(dict(dict(learning_rate=0.1), **cfg), 10)
+    optimizers.make_optimizer(_cfg(**cfg), 10)
+
+
+def test_every_field_comes_from_the_config():
+  """No second set of defaults: a section missing a field is refused, naming it."""
+  cfg = _cfg()
+  del cfg["b2"]
+  with pytest.raises(ValueError, match=r"missing fields \['b2'\]"):
+    optimizers.make_optimizer(cfg, 10)
+  from experiments.configs import pretrain  # pylint: disable=g-import-not-at-top
+  c = optimizers.OptimizerConfig.from_config(pretrain.base().optimizer)
+  assert (c.b2, c.eps) == (0.98, 1e-6)      # the paper's, as the config file sets them

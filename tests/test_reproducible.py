@@ -24,9 +24,9 @@ import re
 import numpy as np
 import pytest
 
+from experiments import sweep
 from experiments.configs import continue_training
 from flatness import evaluation
-from flatness import experiment
 from flatness import metric_writers
 from flatness import sharding
 from flatness import trainer
@@ -63,7 +63,7 @@ def test_lock_pins_every_numeric_package():
 
 
 def main_job_first_steps(workdir: str) -> dict[str, float]:
-  runs = experiment.expand(continue_training.get_config("quickstart"))
+  runs = sweep.expand(continue_training.get_config("quickstart"))
   phase1 = runs[0].phase1.config
   setup = trainer.build(phase1, mesh=sharding.make_mesh(1))   # the main job's one CPU device
   result = trainer.train(phase1, workdir, setup=setup, stop_after=STEPS)

@@ -49,13 +49,6 @@ class Grammar:
     """[N]: probability that each nonterminal rewrites to a word."""
     return self.emission.sum(axis=1)
 
-  def normalized(self) -> "Grammar":
-    total = self.binary.sum(axis=(1, 2)) + self.emission.sum(axis=1)
-    scale = np.where(total > 0, 1.0 / np.where(total > 0, total, 1.0), 0.0)
-    return dataclasses.replace(self, binary=self.binary * scale[:, None, None],
-                               emission=self.emission * scale[:, None],
-                               start=self.start / self.start.sum())
-
   def with_raw_probabilities(self) -> "Grammar":
     """The grammar with each nonterminal's rules scaled back to the rule file's raw numbers."""
     if self.mass is None:

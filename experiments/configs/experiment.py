@@ -1,4 +1,4 @@
-"""Shared pieces of the three experiment configs (see `flatness.experiment`).
+"""Shared pieces of the experiment configs (fields: `experiments.sweep`).
 
 `make` assembles an experiment config from a pre-training recipe; `tiny_pretrain`
 is the seconds-long recipe every experiment's ``tiny`` variant uses (the tests
@@ -9,7 +9,7 @@ import copy
 
 import ml_collections
 
-from data_gen import registry
+from data_gen import sections
 from data_gen.pcfg.random_grammar import SMALL
 from experiments.configs import downstream
 from experiments.configs import measure
@@ -25,8 +25,10 @@ def make(name: str, pre: ml_collections.ConfigDict, *, measure_variant="trace",
   c.downstream = downstream.get_config(downstream_variant)
   # tolerance: loss gap (nats) under which checkpoints are compared ("same loss");
   # evaluate: all | within_tolerance (measure and probe only those checkpoints).
+  # probe: all | ends (probes at each run's last checkpoint, and at its first unless an
+  # earlier run of the sweep started from the same phase-1 checkpoint).
   c.analysis = ml_collections.ConfigDict(dict(tolerance=tolerance, num_bootstrap=1000,
-                                              evaluate="all"))
+                                              evaluate="all", probe="all"))
   c.sweep = tuple(sweep)
   # Two-phase experiments (`converge_first`): the targets / optimizer / train sections of
   # phase 1, which trains each model and seed to the optimum before the sweep's recipes
@@ -37,7 +39,10 @@ def make(name: str, pre: ml_collections.ConfigDict, *, measure_variant="trace",
   # -1: each pre-training seed its own phase 1; k >= 0: every seed continues from seed k's
   # (one converged checkpoint; the seeds then vary phase 2 only).
   c.phase1_seed = -1
-  c.seeds = 1          # pre-training seeds per recipe: runs <name>_seed<k> (flatness.experiment)
+  c.seeds = 1          # pre-training seeds per recipe: runs <name>_seed<k> (experiments.sweep)
+  # True: seed k also measures curvature on its own draws (measure.seed + k), so a spread
+  # over seeds covers the evaluation batches and probes, not only training.
+  c.measure_seed_per_run = False
   return c
 
 
@@ -130,7 +135,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks an experiment config to seconds: for tests and a first look."""
   p = c.pretrain
   p.data.language = "pcfg"
-  p.data.pcfg = registry.pcfg_section(SMALL)
+  p.data.pcfg = sections.pcfg_section(SMALL)
   p.data.pcfg.max_length = 6
   p.data.num_validation = 32
   p.model.update(preset="custom", seq_len=0, hidden_size=16, num_layers=1, num_heads=2,

@@ -12,17 +12,17 @@ transformer teacher), ``markov``.
 """
 import ml_collections
 
-from data_gen import registry
+from data_gen import sections
 from data_gen.pcfg.random_grammar import SMALL
 
 
 def data_config(language: str) -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict(dict(language=language, seed=0))
-  d.update(registry.sections())
+  d.update(sections.sections())
   if language == "pcfg_small":
     d.language = "pcfg"
-    d.pcfg = registry.pcfg_section(SMALL)
-  if d.language not in registry.BUILDERS:
+    d.pcfg = sections.pcfg_section(SMALL)
+  if d.language not in sections.LANGUAGES:
     raise ValueError(f"languages.py: unknown variant {language!r}; choose pcfg, pcfg_small, "
                      "hmm, teacher or markov")
   return d

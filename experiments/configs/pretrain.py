@@ -31,7 +31,7 @@ Copy-paste commands:
 """
 import ml_collections
 
-from data_gen import registry
+from data_gen import sections
 from data_gen.pcfg.random_grammar import COMPACT, COMPACT_SEED, SMALL
 
 
@@ -50,7 +50,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.source = "stream"        # stream: fresh samples every step (population loss);
                                   # dataset: a fixed TFDS dataset (data_gen.datasets)
   c.data.num_validation = 256     # validation sentences, scored against exact conditionals
-  c.data.update(registry.sections())   # markov / pcfg / hmm / teacher knobs (data_gen)
+  c.data.update(sections.sections())   # markov / pcfg / hmm / teacher knobs (data_gen)
   c.data.dataset = ml_collections.ConfigDict(dict(   # source = "dataset" only
       data_dir="",                  # TFDS data_dir ("": ~/tensorflow_datasets)
       train=100_000, validation=1_000, test=1_000, task_train=10_000, task_test=2_000))
@@ -142,9 +142,9 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   elif variant in ("pcfg_small", "pcfg_compact"):
     c.data.language = "pcfg"
     if variant == "pcfg_small":
-      c.data.pcfg = registry.pcfg_section(SMALL)
+      c.data.pcfg = sections.pcfg_section(SMALL)
     else:
-      c.data.pcfg, c.data.seed = registry.pcfg_section(COMPACT), COMPACT_SEED
+      c.data.pcfg, c.data.seed = sections.pcfg_section(COMPACT), COMPACT_SEED
     c.model.update(hidden_size=64, num_layers=2, num_heads=2, mlp_dim=256)
     c.optimizer.update(learning_rate=3e-3, schedule="cosine", warmup_steps=100, weight_decay=0.0)
     c.train.update(batch_size=128, num_steps=3000, eval_every=500, checkpoint_every=500)

@@ -1,7 +1,7 @@
-"""An experiment: a sweep of pre-training runs, each measured and probed, then analysed.
+"""A sweep: an experiment config expanded into its runs (no JAX, for launchers too).
 
 An experiment config (``experiments/configs/{continue_training,model_size,
-algorithm}.py``) holds four sections and a sweep:
+algorithm,mechanism}.py``) holds four sections and a sweep:
 
   name        the experiment's name (rows of the analysis are grouped by it)
   pretrain    a full `experiments/configs/pretrain.py` config: the shared recipe
@@ -9,7 +9,11 @@ algorithm}.py``) holds four sections and a sweep:
   downstream  a `experiments/configs/downstream.py` config (probes, lookup baseline)
   analysis    ``tolerance``: loss gap (nats) under which checkpoints are correlated;
               ``evaluate``: ``all`` checkpoints are measured and probed, or only those
-              ``within_tolerance`` (the ones the correlations use)
+              ``within_tolerance`` (the ones the correlations use); ``probe``: ``all``
+              of those probed, or the ``ends`` (each run's last, and its first unless an
+              earlier run started from the same phase-1 checkpoint); ``drift_window``
+              (mechanism only): steps over which `flatness.drift_report` fits the initial
+              drift rates
   sweep       a tuple of dicts, one per recipe: ``name`` plus dotted overrides of the
               sections above, e.g. ``{"name": "sgd", "pretrain.optimizer.name": "sgd"}``
   phase1      empty, or the first phase of a two-phase experiment: sections of
@@ -29,30 +33,18 @@ algorithm}.py``) holds four sections and a sweep:
               (model init, masks, dropout and the sampled training sentences; the
               language itself, ``pretrain.data.seed``, stays), and the analysis reports
               across-seed intervals and bootstraps over runs
+  measure_seed_per_run  True: seed k also measures curvature on its own evaluation
+              draws (``measure.seed + k``), so an across-seed spread covers them
 
-`run_experiment` runs every run of the sweep (or the named ones) in
-``<workdir>/<name>``: pre-training (`flatness.trainer`), then every checkpoint
-through `flatness.measure` and `flatness.downstream`; each stage resumes or
-skips what is done, so rerunning the same command continues an interrupted
-experiment. Finally `flatness.analysis` and `flatness.report` write
-``<workdir>/report``.
+`expand` turns a config into one `Run` per sweep entry and seed, each with its
+own config and, in a two-phase experiment, the shared phase-1 run it continues
+from; `select` picks runs by name. `experiments.runner` runs them.
 """
 import copy
 import dataclasses
 import json
-import os
-import time
 
-import jax
 import ml_collections
-from absl import logging
-
-from flatness import analysis
-from flatness import downstream
-from flatness import measure
-from flatness import metric_writers
-from flatness import report
-from flatness import trainer
 
 
 PHASE1_SECTIONS = ("targets", "optimizer", "train")
@@ -138,6 +130,8 @@ def expand(config) -> list[Run]:
       r = copy.deepcopy(c)
       name = entry["name"] if seeds == 1 else f"{entry['name']}_seed{k}"
       r.pretrain.update(name=name, group=entry["name"], seed=int(c.pretrain.seed) + k)
+      if c.get("measure_seed_per_run", False):
+        r.measure.seed = int(c.measure.seed) + k
       runs.append(Run(name, r))
   _attach_phase1(runs)
   return runs
@@ -159,110 +153,3 @@ def select(runs: list[Run], only) -> list[Run]:
   if unknown:
     raise ValueError(f"--runs: {unknown} are not in the sweep; it has {sorted(known)}")
   return [r for r in runs if r.name in set(only)]
-
-
-def steps_to_evaluate(config, workdir: str) -> list[int] | None:
-  """Checkpoint steps that measurement and probes visit: None (all of them), or with
-  ``analysis.evaluate = "within_tolerance"`` only those whose ``eval/loss_gap`` is at most
-  the tolerance: the only ones the correlations use, and the costly part of a run."""
-  mode = config.analysis.get("evaluate", "all")
-  if mode not in ("all", "within_tolerance"):
-    raise ValueError(f"analysis.evaluate: {mode!r}; choose 'all' or 'within_tolerance'")
-  tol = tolerance(config)
-  if mode == "all" or tol is None:
-    return None
-  path = os.path.join(workdir, metric_writers.JSONL)
-  gaps = {int(r["step"]): r["eval/loss_gap"] for r in metric_writers.read_jsonl(path)
-          if "eval/loss_gap" in r}
-  return sorted(s for s, g in gaps.items() if g <= tol)
-
-
-def phase1_dir(config, workdir: str) -> str:
-  """Where an experiment's phase-1 runs live (``phase1_dir``, default its workdir)."""
-  return config.get("phase1_dir") or workdir
-
-
-def run_phase1(run: Run, root: str, *, mesh=None) -> float:
-  """Trains (or finishes) ``run``'s phase 1 in ``root`` and points the run at its last
-  checkpoint; returns the seconds it took (nothing to do: about the time to check)."""
-  if run.phase1 is None:
-    return 0.0
-  t0 = time.perf_counter()
-  p1 = os.path.join(root, run.phase1.name)
-  result = trainer.train(run.phase1.config, p1,
-                         setup=trainer.build(run.phase1.config, mesh=mesh))
-  if result.preempted:
-    # Phase 2 must never start from an unfinished phase 1.
-    raise RuntimeError(f"phase 1 ({p1}) was preempted at step {result.step}; relaunch the "
-                       "same command to finish it and then phase 2")
-  run.config.pretrain.init.update(workdir=p1, step=int(result.step))
-  return time.perf_counter() - t0
-
-
-def run_one(run: Run, workdir: str, *, mesh=None, stages=("pretrain", "measure",
-                                                            "downstream"),
-            phase1_root: str | None = None) -> dict:
-  """Pre-trains (phase 1 first, in ``phase1_root``, default next to ``workdir``), measures
-  and probes one run; returns seconds per stage."""
-  c, times = run.config, {}
-  if "pretrain" in stages and run.phase1 is not None:
-    root = phase1_root or os.path.dirname(os.path.normpath(workdir))
-    times["phase1"] = run_phase1(run, root, mesh=mesh)
-  if "pretrain" in stages:
-    t0 = time.perf_counter()
-    trainer.train(c.pretrain, workdir, setup=trainer.build(c.pretrain, mesh=mesh))
-    times["pretrain"] = time.perf_counter() - t0
-  steps = None
-  if {"measure", "downstream"} & set(stages):
-    steps = steps_to_evaluate(c, workdir)
-    if steps == []:
-      logging.warning("run %s: no checkpoint within the loss-gap tolerance %s; nothing to "
-                      "measure or probe", run.name, tolerance(c))
-      return times
-  if "measure" in stages:
-    t0 = time.perf_counter()
-    measure.measure_run(workdir, c.measure, steps=steps, mesh=mesh)
-    times["measure"] = time.perf_counter() - t0
-  if "downstream" in stages:
-    t0 = time.perf_counter()
-    downstream.evaluate_run(workdir, c.downstream, steps=steps, mesh=mesh)
-    times["downstream"] = time.perf_counter() - t0
-  logging.info("run %s: %s", run.name, ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
-  return times
-
-
-def tolerance(config) -> float | None:
-  """The loss-gap tolerance of ``config.analysis`` (None, from a negative value: all rows)."""
-  tol = config.analysis.get("tolerance")
-  return None if tol is None or tol < 0 else float(tol)
-
-
-@dataclasses.dataclass
-class Analysis:
-  rows: list[dict]                          # one per (run, checkpoint)
-  correlations: list[analysis.Correlation]
-  paths: dict[str, str]                     # report files, by name
-
-
-def analyze(config, workdirs, out_dir: str) -> Analysis:
-  """Gathers the runs, correlates flatness with accuracy, writes the report."""
-  tol = tolerance(config)
-  rows = analysis.gather(workdirs)
-  corr = analysis.correlate(rows, tolerance=tol,
-                            num_bootstrap=int(config.analysis.get("num_bootstrap", 1000)))
-  return Analysis(rows, corr, report.write(rows, corr, out_dir, tolerance=tol))
-
-
-def run_experiment(config, workdir: str, *, only=(), mesh=None, analyze_after=True):
-  """Runs the sweep (or the runs named in ``only``) and the analysis of all done runs."""
-  runs = expand(config)
-  timings = {}
-  for run in select(runs, only):
-    timings[run.name] = run_one(run, os.path.join(workdir, run.name), mesh=mesh,
-                                phase1_root=phase1_dir(config, workdir))
-  paths = {}
-  if analyze_after and jax.process_index() == 0:   # one writer of the report
-    done = [os.path.join(workdir, r.name) for r in runs
-            if os.path.exists(os.path.join(workdir, r.name, "metrics.jsonl"))]
-    paths = analyze(config, done, os.path.join(workdir, "report")).paths
-  return timings, paths
