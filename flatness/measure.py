@@ -54,8 +54,6 @@ from flatness import trainer
 from flatness.model import Transformer
 from flatness.objectives import Objective
 
-METRICS = ("trace", "trace_enlarged", "top_eigenvalue", "fisher", "ggn", "gradient_noise",
-           "gradient_noise_exact", "sharpness", "sharpness_adaptive", "sharpness_avg", "loss")
 
 
 def eval_batches(setup: trainer.Setup, num_batches: int, batch_size: int, seed: int) -> list:
@@ -131,54 +129,82 @@ class Measurer:
     return [x.strip() for x in m.split(",")] if isinstance(m, str) else list(m)
 
   def __call__(self, params, key) -> dict:
-    c, out = self.cfg, {}
+    """Every configured metric at ``params``; metric i draws its randomness from the i-th
+    of 16 keys split from ``key`` (so adding a metric never changes the others)."""
     keys = iter(jax.random.split(key, 16))
-    common = dict(batches=self.batches, error=self.error)       # sampled estimators
-    fixed = dict(batches=self.fixed)                            # deterministic ones
+    out = {}
     for name in self.metrics:
-      k = next(keys)
-      if name in ("trace", "trace_enlarged"):
-        loss_fn, point = self.loss_fn, params
-        if name == "trace_enlarged":
-          large, loss_fn = self.large
-          point = enlargement.enlarge(params, self.setup.model_cfg, large)
-        # Hutch++ / XTrace work on the mean Hessian over the batches: conditional errors.
-        error = self.error if c.trace.method == "hutchinson" else "conditional"
-        est = trace.hessian_trace(loss_fn, point, k, num_probes=c.trace.num_probes,
-                                  method=c.trace.method, probe=c.trace.probe,
-                                  include=self.include, chunk=c.trace.chunk,
-                                  batches=self.batches, error=error, hvp=c.trace.hvp)
-        out.update(est.as_metrics(name) if name == "trace" else
-                   dict(trace_enlarged=est.value, trace_enlarged_stderr=est.stderr))
-      elif name == "top_eigenvalue":
-        out["top_eigenvalue"] = spectrum.top_eigenvalues(
-            self.loss_fn, params, k, k=1, num_iters=c.eigen.num_iters, include=self.include,
-            **fixed)["largest"][0]
-      elif name == "fisher":
-        est = fisher.fisher_trace(self.logits_fn, params, k, num_samples=c.fisher.num_samples,
-                                  **common)
-        out.update(fisher=est.value, fisher_stderr=est.stderr)
-      elif name in ("gradient_noise", "gradient_noise_exact"):
-        est = fisher.gradient_noise_trace(
-            self.logits_fn, params, k, targets_fn=self.targets[name], include=self.include,
-            num_samples=c.gradient_noise.num_samples, chunk=c.gradient_noise.num_samples,
-            **common)
-        out.update({name: est.value, f"{name}_stderr": est.stderr})
-      elif name == "ggn":
-        est = fisher.ggn_trace(self.logits_fn, params, k, num_probes=c.ggn.num_probes, **common)
-        out.update(ggn=est.value, ggn_stderr=est.stderr)
-      elif name in ("sharpness", "sharpness_adaptive"):
-        out[name] = sharpness.worst_case_sharpness(
-            self.loss_fn, params, k, c.sharpness.rho, steps=c.sharpness.steps,
-            adaptive=name == "sharpness_adaptive", include=self.include, **fixed)
-      elif name == "sharpness_avg":
-        v, se = sharpness.average_sharpness(self.loss_fn, params, k, c.sharpness.sigma,
-                                            num_samples=c.sharpness.num_samples,
-                                            include=self.include, **common)
-        out.update(sharpness_avg=v, sharpness_avg_stderr=se)
-      elif name == "loss":
-        out["loss"] = sharpness.MeanLoss(self.loss_fn, self.fixed).value(params)
+      out.update(self._METRICS[name](self, name, params, next(keys)))
     return out
+
+  # One method per metric: (name, params, key) -> {tag: value}. Sampled estimators get
+  # the independent batches and report their error; deterministic ones use the fixed few.
+
+  def _trace(self, name, params, key) -> dict:
+    c, loss_fn, point = self.cfg, self.loss_fn, params
+    if name == "trace_enlarged":
+      large, loss_fn = self.large
+      point = enlargement.enlarge(params, self.setup.model_cfg, large)
+    # Hutch++ / XTrace work on the mean Hessian over the batches: conditional errors.
+    error = self.error if c.trace.method == "hutchinson" else "conditional"
+    est = trace.hessian_trace(loss_fn, point, key, num_probes=c.trace.num_probes,
+                              method=c.trace.method, probe=c.trace.probe,
+                              include=self.include, chunk=c.trace.chunk,
+                              batches=self.batches, error=error, hvp=c.trace.hvp)
+    if name == "trace":
+      return est.as_metrics(name)
+    return dict(trace_enlarged=est.value, trace_enlarged_stderr=est.stderr)
+
+  def _top_eigenvalue(self, name, params, key) -> dict:
+    top = spectrum.top_eigenvalues(self.loss_fn, params, key, k=1,
+                                   num_iters=self.cfg.eigen.num_iters, include=self.include,
+                                   batches=self.fixed)
+    return {name: top["largest"][0]}
+
+  def _fisher(self, name, params, key) -> dict:
+    est = fisher.fisher_trace(self.logits_fn, params, key,
+                              num_samples=self.cfg.fisher.num_samples, batches=self.batches,
+                              error=self.error)
+    return {name: est.value, f"{name}_stderr": est.stderr}
+
+  def _gradient_noise(self, name, params, key) -> dict:
+    n = self.cfg.gradient_noise.num_samples
+    est = fisher.gradient_noise_trace(self.logits_fn, params, key,
+                                      targets_fn=self.targets[name], include=self.include,
+                                      num_samples=n, chunk=n, batches=self.batches,
+                                      error=self.error)
+    return {name: est.value, f"{name}_stderr": est.stderr}
+
+  def _ggn(self, name, params, key) -> dict:
+    est = fisher.ggn_trace(self.logits_fn, params, key, num_probes=self.cfg.ggn.num_probes,
+                           batches=self.batches, error=self.error)
+    return {name: est.value, f"{name}_stderr": est.stderr}
+
+  def _sharpness(self, name, params, key) -> dict:
+    c = self.cfg.sharpness
+    return {name: sharpness.worst_case_sharpness(
+        self.loss_fn, params, key, c.rho, steps=c.steps,
+        adaptive=name == "sharpness_adaptive", include=self.include, batches=self.fixed)}
+
+  def _sharpness_avg(self, name, params, key) -> dict:
+    c = self.cfg.sharpness
+    v, se = sharpness.average_sharpness(self.loss_fn, params, key, c.sigma,
+                                        num_samples=c.num_samples, include=self.include,
+                                        batches=self.batches, error=self.error)
+    return {name: v, f"{name}_stderr": se}
+
+  def _loss(self, name, params, key) -> dict:
+    del key
+    return {name: sharpness.MeanLoss(self.loss_fn, self.fixed).value(params)}
+
+  _METRICS = {"trace": _trace, "trace_enlarged": _trace, "top_eigenvalue": _top_eigenvalue,
+              "fisher": _fisher, "gradient_noise": _gradient_noise,
+              "gradient_noise_exact": _gradient_noise, "ggn": _ggn, "sharpness": _sharpness,
+              "sharpness_adaptive": _sharpness, "sharpness_avg": _sharpness_avg,
+              "loss": _loss}
+
+
+METRICS = tuple(Measurer._METRICS)   # pylint: disable=protected-access
 
 
 def measure_run(workdir: str, cfg, *, steps=None, mesh=None) -> dict[int, dict]:
