@@ -17,6 +17,7 @@ LANGUAGES = ("markov", "pcfg", "hmm", "teacher")
 
 @dataclasses.dataclass(frozen=True)
 class HMMConfig:
+  """The knobs of `data_gen.hmm.HMM.random` (the paper's HMM shape by default)."""
   num_states: int = 100
   vocab_size: int = 200
   length: int = 16
@@ -40,9 +41,9 @@ class HMMConfig:
                          f"{self.length} words")
 
 
-
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
+  """The knobs of `data_gen.teacher.Teacher` (a random causal transformer)."""
   vocab_size: int = 64
   num_classes: int = 4
   min_length: int = 4

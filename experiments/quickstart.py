@@ -166,12 +166,12 @@ def main(argv):
     print(f"== {run.name} ({os.path.join(root, run.name)}; phase 1: "
           f"{os.path.join(root, run.phase1.name) if run.phase1 else 'none'})", flush=True)
     for k, v in runner.run_one(run, os.path.join(root, run.name),
-                                   phase1_root=root).items():
+                               phase1_root=root).items():
       stages[k] = stages.get(k, 0.0) + v
   t0 = time.perf_counter()
   tol = runner.tolerance(config)
   result = runner.analyze(config, [os.path.join(root, r.name) for r in runs],
-                              os.path.join(root, "report"))
+                          os.path.join(root, "report"))
   stages["analysis"] = time.perf_counter() - t0
   rows = [r for r in result.rows if np.isfinite(analysis.value(r, analysis.TRACE))]
   _, accs = analysis.measure_names(rows)

@@ -28,7 +28,7 @@ def main(argv):
   logs.quiet_libraries()
   distributed.initialize()
   timings, paths = runner.run_experiment(_CONFIG.value, _WORKDIR.value, only=_RUNS.value,
-                                             analyze_after=_ANALYZE.value)
+                                         analyze_after=_ANALYZE.value)
   for name, t in timings.items():
     print(f"{name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
   for k, v in paths.items():

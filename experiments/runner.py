@@ -140,7 +140,8 @@ def analyze_runs(workdirs, out_dir: str, *, tolerance: float | None, num_bootstr
   corr = analysis.correlate(rows, tolerance=tolerance, num_bootstrap=num_bootstrap)
   paths = report.write(rows, corr, out_dir, tolerance=tolerance)
   if drift_window > 0:
-    paths.update(drift_report.write(workdirs, out_dir, tolerance=tolerance, window=drift_window))
+    paths.update(drift_report.write(workdirs, out_dir, tolerance=tolerance, window=drift_window,
+                                    rows=rows))
   return Analysis(rows, corr, paths)
 
 

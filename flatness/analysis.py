@@ -313,7 +313,8 @@ def correlate(rows, *, tolerance: float | None = 0.05, num_bootstrap: int = 1000
       out += _scope("partial_gap", has_gap, partial_spearman, (x, y, gap), note=gap_note, **one)
       if len(np.unique(z)) > 1:
         out += _scope("partial_size", every, partial_spearman, (x, y, z), **one)
-        out += _scope("partial_gap_size", has_gap, partial_spearman, (x, y, gap, z), note=gap_note, **one)
+        out += _scope("partial_gap_size", has_gap, partial_spearman, (x, y, gap, z),
+                      note=gap_note, **one)
         out += _scope("within_size", every, _stratified, (x, y, z), **one)
         for g in np.unique(z):
           out += _scope(f"size={int(g)}", z == g, spearman, (x, y), kendall=True, **one)

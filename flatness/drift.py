@@ -25,6 +25,7 @@ the predicted drift is zero.
 import dataclasses
 
 import numpy as np
+from scipy import optimize
 
 from flatness import analysis
 
@@ -132,7 +133,6 @@ def collapse_fit(arms, scaling: str) -> CollapseFit:
   (higher R^2, smaller residual). The shape (logarithmic saturation) is an empirical
   choice, not the theory's; the comparison between scalings uses the same shape.
   """
-  from scipy import optimize  # pylint: disable=g-import-not-at-top
   xs, ys = [], []
   for steps, changes, lr, batch in arms:
     t = np.asarray(steps, np.float64)

@@ -33,6 +33,9 @@ same eta and B (paired by seed), and Spearman's correlation over runs between th
 change of tr(H) and the change of each accuracy, raw and with the run's mean loss
 gap partialled out (percentile bootstrap over runs).
 
+Also per arm, the change of each parameter block's share of tr(H) (embedding,
+each layer, head), the same way.
+
 Files: ``drift.md`` (the tables, with what each interval covers), ``drift.csv``
 (one row per arm), ``figures/collapse.png`` (the change of tr(H) from the start,
 paired per seed, against steps and against eta^2 t / B, and the loss gap),
@@ -121,10 +124,10 @@ class ArmSummary:
   rate: drift.DriftRate                 # tr(H) per step, first `window` steps
   accuracy: dict                        # task -> Interval of end - start (points)
   steps: tuple[int, ...]                # checkpoint steps of the curve
-  trace_curve: tuple[Interval, ...]     # tr(H) per step, over seeds
   change_curve: tuple[Interval, ...]    # tr(H) minus its step-0 value, paired per seed
   per_seed_change: tuple[tuple[float, ...], ...]   # [seed][step index] of that change
   gap_curve: tuple[float, ...]          # mean loss gap per step (% of optimum)
+  d_modules: dict                       # module -> Interval of its trace's end - start
 
 
 def _series(rows, key):
@@ -157,10 +160,9 @@ def _accuracy_change(run_rows, start, key) -> Interval:
   for rows in run_rows:
     probed = [r for r in rows if analysis.seed_values(r, key) and r["step"] > 0]
     if probed:
-      e = analysis.seed_values(probed[-1], key)
-      common = sorted(set(e) & set(s))
-      if common:
-        per_run.append(100 * np.mean([e[k] - s[k] for k in common]))
+      diff = analysis.seed_difference(probed[-1], key, start, key)[0]   # paired over seeds
+      if np.isfinite(diff):
+        per_run.append(100 * diff)
   if not per_run:
     return Interval(math.nan, math.nan, math.nan, math.nan)
   mean, se_runs, _, _ = analysis.t_interval(per_run)
@@ -186,6 +188,23 @@ def _curves(arm: Arm, by_run: dict, window: float):
   return tuple(seeds), curves
 
 
+def _module_changes(run_rows) -> dict:
+  """Per parameter block (`hessian.module_of`: embed, layer_<i>, head, ...), the change of
+  its share of tr(H) from step 0 to the run's last measured step, t-interval over runs."""
+  prefix = analysis.TRACE + "/"
+  modules = sorted({k[len(prefix):] for rows in run_rows for r in rows for k in r
+                    if k.startswith(prefix) and "/" not in k[len(prefix):]})
+  out = {}
+  for m in modules:
+    changes = []
+    for rows in run_rows:
+      steps, values = _series(rows, prefix + m)
+      if len(steps) and steps[0] == 0:
+        changes.append(values[-1] - values[0])
+    out[m] = Interval.over(changes)
+  return out
+
+
 def arm_summary(arm: Arm, by_run: dict, *, window: float, tolerance: float | None,
                 start=None) -> ArmSummary:
   run_rows = [by_run[r] for r in arm.runs if r in by_run]
@@ -197,8 +216,8 @@ def arm_summary(arm: Arm, by_run: dict, *, window: float, tolerance: float | Non
   within = [analysis.value(r, analysis.GAP) <= tolerance for rows in run_rows for r in rows
             if tolerance is not None and np.isfinite(analysis.value(r, analysis.GAP))]
   steps = sorted({int(s) for st, _ in curves for s in st})
-  at = [[v[list(st).index(s)] for st, v in curves if s in st] for s in steps]
-  change = [[v[list(st).index(s)] - v[0] for st, v in curves if s in st] for s in steps]
+  per_seed = np.array([[v[list(st).index(x)] - v[0] if x in st else np.nan for x in steps]
+                       for st, v in curves])                     # [seed, step]
   gap_at = [np.nanmean([_gap_pct(r) for rows in run_rows for r in rows if r["step"] == s])
             for s in steps]
   accs = {k.split("/")[1]: _accuracy_change(run_rows, start, k)
@@ -210,11 +229,10 @@ def arm_summary(arm: Arm, by_run: dict, *, window: float, tolerance: float | Non
       trace_end=Interval.over([v[-1] for _, v in curves]),
       d_trace=Interval.over([v[-1] - v[0] for _, v in curves]),
       rate=drift.drift_rate(curves, window=window), accuracy=accs, steps=tuple(steps),
-      trace_curve=tuple(Interval.over(a) for a in at),
-      change_curve=tuple(Interval.over(c) for c in change),
-      per_seed_change=tuple(tuple(float(v[list(st).index(x)] - v[0]) if x in st else math.nan
-                                  for x in steps) for st, v in curves),
-      gap_curve=tuple(gap_at))
+      change_curve=tuple(Interval.over(col[np.isfinite(col)]) for col in per_seed.T),
+      per_seed_change=tuple(tuple(float(x) for x in row) for row in per_seed),
+      gap_curve=tuple(gap_at),
+      d_modules=_module_changes([by_run[arm.runs[arm.seeds.index(k)]] for k in seeds]))
 
 
 def _scaled(rate: drift.DriftRate, scale: float = RATE_UNIT) -> Interval:
@@ -333,8 +351,11 @@ def _correlations(summaries, by_run, start) -> dict:
   return out
 
 
-def analyze(workdirs, *, window: float, tolerance: float | None) -> DriftAnalysis:
-  rows = analysis.gather(workdirs)
+def analyze(workdirs, *, window: float, tolerance: float | None,
+            rows=None) -> DriftAnalysis:
+  """The drift analysis of the runs in ``workdirs`` (``rows``: their `analysis.gather`,
+  when the caller has read them already)."""
+  rows = analysis.gather(workdirs) if rows is None else rows
   by_run = {}
   for r in rows:
     by_run.setdefault(r["run"], []).append(r)
@@ -409,6 +430,16 @@ def law_text(a: DriftAnalysis) -> str:
   return "\n".join(lines) + "\n"
 
 
+def modules_table(a: DriftAnalysis) -> str:
+  modules = sorted({m for s in a.summaries for m in s.d_modules})
+  head = ["arm", "tr(H)"] + modules
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for s in a.summaries:
+    lines.append("| " + " | ".join([s.arm.label, s.d_trace.text()] + [
+        s.d_modules[m].text() if m in s.d_modules else "" for m in modules]) + " |")
+  return "\n".join(lines)
+
+
 def accuracy_table(a: DriftAnalysis) -> str:
   tasks = sorted({t for s in a.summaries for t in s.accuracy})
   if not tasks:
@@ -432,7 +463,11 @@ def markdown(a: DriftAnalysis) -> str:
       "measures every checkpoint on the same evaluation batches and probes, its own per "
       "seed, so the interval covers training sentences and masks, evaluation batches and "
       f"probes. Initial rate: each seed's least-squares slope of tr(H) over checkpoints at "
-      f"steps <= {a.window:g}, then over seeds.{tol}", "", arms_table(a), "", "## Rate law", "", law_text(a)]
+      f"steps <= {a.window:g}, then over seeds.{tol}", "", arms_table(a), "", "## Rate law", "",
+      law_text(a)]
+  parts += ["## Where tr(H) changes", "",
+            "Each parameter block's share of tr(H): change from the start to the last "
+            "checkpoint, mean over seeds [95% t-interval].", "", modules_table(a), ""]
   if a.collapse:
     parts += ["## The collapse, quantified", "",
               "One curve, change = -A log(1 + x / x0), through the seed-mean change of tr(H) "
@@ -490,10 +525,11 @@ def write_csv(a: DriftAnalysis, path: str) -> None:
                     for t in tasks for x in ("mean", "lo", "hi")])
 
 
-def write(workdirs, out_dir: str, *, window: float, tolerance: float | None) -> dict[str, str]:
+def write(workdirs, out_dir: str, *, window: float, tolerance: float | None,
+          rows=None) -> dict[str, str]:
   """Analyses the runs and writes the files of the module docstring; returns their paths."""
-  from flatness import drift_figures  # pylint: disable=g-import-not-at-top  (matplotlib)
-  a = analyze(workdirs, window=window, tolerance=tolerance)
+  from flatness import drift_figures  # pylint: disable=g-import-not-at-top  (imports this one)
+  a = analyze(workdirs, window=window, tolerance=tolerance, rows=rows)
   os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
   paths = dict(drift=os.path.join(out_dir, "drift.md"),
                drift_csv=os.path.join(out_dir, "drift.csv"),

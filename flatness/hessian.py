@@ -41,7 +41,7 @@ def hvp(loss_fn: Callable, params: PyTree, v: PyTree, *args,
     return jax.grad(lambda p: jax.jvp(lambda q: loss_fn(q, *args), (p,), (v,))[1])(params)
   if method == "reverse_over_reverse":
     return jax.grad(lambda p: vdot(jax.grad(loss_fn)(p, *args), v))(params)
-  raise ValueError(f"hvp method {method!r}; choose one of {HVP_METHODS}")
+  raise ValueError(f"hvp must be one of {HVP_METHODS}, got {method!r}")
 
 
 def path_name(path) -> str:

@@ -55,7 +55,6 @@ from flatness.model import Transformer
 from flatness.objectives import Objective
 
 
-
 def eval_batches(setup: trainer.Setup, num_batches: int, batch_size: int, seed: int) -> list:
   """``num_batches`` independent batches of masked validation sentences, sharded over the mesh.
 

@@ -32,7 +32,10 @@ def _write_run(root, name, group, seed, *, optimizer="sgd", targets="sampled", l
   with open(os.path.join(d, metric_writers.JSONL), "w") as f:
     for s in STEPS:
       rec = {"step": s, "curvature/trace": T0 + seed + slope * s, "curvature/trace_stderr": 1.0,
-             "eval/loss_gap": 0.01 + 1e-6 * s, "eval/optimal_loss": OPT}
+             "eval/loss_gap": 0.01 + 1e-6 * s, "eval/optimal_loss": OPT,
+             # 90% of the drift in the embedding block, 10% in the head.
+             "curvature/trace/embed": 0.8 * T0 + 0.9 * slope * s,
+             "curvature/trace/head": 0.2 * T0 + seed + 0.1 * slope * s}
       probe = acc_start if s == 0 else acc_end if s == STEPS[-1] else None
       if probe is not None:
         rec["downstream/A/probe_acc"] = float(np.mean(probe))
@@ -73,6 +76,8 @@ def test_rates_and_rate_law_recover_the_closed_form(runs):
     # The change end - start is paired per seed: the seed offsets cancel exactly.
     assert s.d_trace.mean == pytest.approx(want * STEPS[-1], rel=1e-9)
     assert s.d_trace.se == pytest.approx(0, abs=1e-9)
+    assert s.d_modules["embed"].mean == pytest.approx(0.9 * want * STEPS[-1], rel=1e-9)
+    assert s.d_modules["head"].mean == pytest.approx(0.1 * want * STEPS[-1], rel=1e-9)
   assert a.law.slope * 1e-3 == pytest.approx(-C, rel=1e-9)     # rates are per 1000 steps
   assert a.law.intercept == pytest.approx(0, abs=1e-9)
   assert a.law.r2 == pytest.approx(1.0)
@@ -104,6 +109,7 @@ def test_written_files(runs, tmp_path):
   paths = drift_report.write(runs, str(tmp_path / "report"), window=1000, tolerance=0.017)
   text = open(paths["drift"]).read()
   assert "Rate law" in text and "intercept" in text and "exact - sgd_lr0.04_b32" in text
+  assert "Where tr(H) changes" in text
   assert len(open(paths["drift_csv"]).read().splitlines()) == 1 + 7
   assert "sgd_lr0.02_b32 - sgd_lr0.04_b128" in text
   for k in ("collapse", "rate_law"):

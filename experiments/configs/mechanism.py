@@ -34,9 +34,10 @@ arm's change in probe accuracy.
 Variants:
   tiny          seconds; tests the pipeline end to end (not the phenomenon)
   pcfg_compact  the CPU variant: 11 arms x 3 seeds, 3,000 steps each, checkpoints
-                every 500 (README, "The mechanism, measured")
-  pcfg          the paper-shaped PCFG at the 9m preset (GPU/TPU): one phase at the
-                paper's recipe first, then the same grid scaled to its batch
+                every 500 (README, "The mechanism: label noise at the optimum, measured")
+  pcfg          the paper-shaped PCFG at the 9m preset (GPU/TPU; not run yet): a
+                sampled-label phase 1, then a grid of the same shape at larger eta
+                and B
 
   python -m experiments.quickstart          # its phase 1 is this experiment's start
   python -m experiments.run --config=experiments/configs/mechanism.py:pcfg_compact \
