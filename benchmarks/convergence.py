@@ -31,10 +31,10 @@ from absl import logging
 from data_gen import sections
 from data_gen.pcfg.random_grammar import COMPACT, COMPACT_SEED
 from experiments.configs import pretrain
-from flatness import downstream
-from flatness import logs
-from flatness import metric_writers
-from flatness import trainer
+from flatness.runtime import logs
+from flatness.runtime import metric_writers
+from flatness.training import trainer
+from flatness.transfer import downstream
 
 # A smaller grammar than SMALL: 16 words, 2 start symbols, 3 symbols a level.
 _SMALL_GRAMMAR = {"data.pcfg.num_start": 2, "data.pcfg.symbols_per_level": 3,

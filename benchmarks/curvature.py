@@ -4,9 +4,9 @@ r"""Cost of Hessian-vector products, and accuracy of the trace estimators per pr
 
 Table 1, per size preset (MLM loss on a batch of length-32 sequences, float32),
 measured side by side in one run: the time of one gradient and, for each order
-of differentiation (`flatness.hessian.HVP_METHODS`), of one Hessian-vector
+of differentiation (`flatness.curvature.hessian.HVP_METHODS`), of one Hessian-vector
 product alone and per product within a vmapped chunk of 8 probes (how
-`flatness.trace` evaluates them), each with its ratio to the gradient.
+`flatness.curvature.trace` evaluates them), each with its ratio to the gradient.
 
 Table 2, on a transformer small enough for a dense Hessian (float64): the
 relative error ``|estimate - tr(H)| / tr(H)`` of each trace estimator, averaged
@@ -20,12 +20,12 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from flatness import hessian as hs
-from flatness import presets
-from flatness import tokens as tok
-from flatness import trace
-from flatness.model import Transformer, TransformerConfig, init_params
-from flatness.objectives import Objective
+from flatness.curvature import hessian as hs
+from flatness.curvature import trace
+from flatness.model import presets
+from flatness.model import tokens as tok
+from flatness.model.objectives import Objective
+from flatness.model.transformer import Transformer, TransformerConfig, init_params
 
 _PRESETS = flags.DEFINE_list("presets", ["tiny", "2m", "9m"], "Presets ('tiny': 2 x 64).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per batch.")
@@ -53,7 +53,7 @@ def _time(fn, *args, repeats):
   return (time.perf_counter() - start) / repeats
 
 
-CHUNK = 8   # probes per vmapped pass, as `flatness.trace` visits them (``trace.chunk``)
+CHUNK = 8   # probes per vmapped pass, as `flatness.curvature.trace` visits them (``trace.chunk``)
 
 
 def table_hvp(names, batch_size, repeats):

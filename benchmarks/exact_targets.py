@@ -5,7 +5,7 @@ r"""Step time of exact-target pre-training against sampled targets, side by side
 
 For each variant of ``experiments/configs/pretrain.py`` the trainer's own step
 (its model, optimizer, batch size, masking and shardings, built by
-`flatness.trainer.build`) is jitted twice, with ``targets='sampled'`` and
+`flatness.training.trainer.build`) is jitted twice, with ``targets='sampled'`` and
 ``targets='exact'``, and the two are timed in alternating blocks of ``--steps``
 steps on the same pre-drawn batches (the data pipeline runs in a background
 thread during training and is not part of the step); the table gives the
@@ -21,10 +21,10 @@ from absl import app
 from absl import flags
 
 from experiments.configs import pretrain
-from flatness import objectives
-from flatness import sharding
-from flatness import train_step as train_step_lib
-from flatness import trainer
+from flatness.model import objectives
+from flatness.runtime import sharding
+from flatness.training import train_step as train_step_lib
+from flatness.training import trainer
 
 _VARIANTS = flags.DEFINE_list("variants", ["pcfg_small", "tiny"], "pretrain.py variants.")
 _STEPS = flags.DEFINE_integer("steps", 100, "Steps per timed block.")

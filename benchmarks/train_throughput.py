@@ -7,7 +7,7 @@ r"""Training throughput of each size preset: step time, tokens/s, TFLOP/s, MFU.
 One jitted `train_step` (AdamW, MLM with BERT masking, dropout 0.1) on
 sentences of the paper's PCFG shape (16 words + [CLS] + [SEP], sequence length
 32, vocabulary 200 words), data-parallel over all devices. Tokens/s counts
-padded positions (batch * 32 per step). FLOPs follow `flatness.flops`; MFU is
+padded positions (batch * 32 per step). FLOPs follow `flatness.model.flops`; MFU is
 printed where the device's peak is known, always against its dense bf16 peak
 (so a float32 run's MFU shows what bf16 would leave on the table).
 """
@@ -19,15 +19,15 @@ from absl import app
 from absl import flags
 
 from experiments.configs import pretrain
-from flatness import flops
-from flatness import masking
-from flatness import optimizers
-from flatness import presets
-from flatness import sharding
-from flatness import tokens as tok
-from flatness import train_step as train_step_lib
-from flatness.model import Transformer, TransformerConfig, init_params, param_count
-from flatness.objectives import Objective
+from flatness.model import flops
+from flatness.model import masking
+from flatness.model import presets
+from flatness.model import tokens as tok
+from flatness.model.objectives import Objective
+from flatness.model.transformer import Transformer, TransformerConfig, init_params, param_count
+from flatness.runtime import sharding
+from flatness.training import optimizers
+from flatness.training import train_step as train_step_lib
 
 _PRESETS = flags.DEFINE_list("presets", ["2m", "9m", "41m"], "Size presets to measure.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Global batch (sentences).")

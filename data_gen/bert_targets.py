@@ -1,6 +1,6 @@
 r"""Exact masked-LM targets under BERT's corruption, as pure JAX functions.
 
-BERT masking (`flatness.masking`) draws a sentence ``x`` of ``n`` words, a
+BERT masking (`flatness.model.masking`) draws a sentence ``x`` of ``n`` words, a
 uniformly random set ``S`` of ``k = k(n)`` positions, and shows the model
 ``y``: ``y_i = x_i`` off ``S``; on ``S``, ``y_i`` is [MASK] with probability
 ``p_mask``, a uniformly random word with probability ``p_rand`` and ``x_i``
@@ -55,7 +55,7 @@ import numpy as np
 from data_gen.hmm import HMM
 from data_gen.markov import MarkovChain
 from data_gen.pcfg.language import PCFG
-from flatness import masking
+from flatness.model import masking
 
 # A polynomial marginal: (leaf scores [B, L, D+1, X], lengths [B]) ->
 # (coefficients [B, D+1], log scale [B]) with Z(t) = sum_d coef[d] t^d exp(scale).

@@ -19,8 +19,8 @@ from ml_collections import config_flags
 
 from data_gen import optimal
 from data_gen import registry
-from flatness import cli
-from flatness import logs
+from flatness.runtime import cli
+from flatness.runtime import logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `data` section.")
 _GRAMMAR = flags.DEFINE_string("grammar_file", "", "A PCFG rule file (overrides the config).")

@@ -11,7 +11,7 @@ standard error. Units: nats per predicted token.
 * `causal_loss`: ``E[-log p(x)] / E[n + 1]`` -- next-token prediction of
   ``w_1 .. w_n, [SEP]``.
 * `bert_masking_loss`: the loss of the Bayes-optimal predictor under BERT's
-  masking rule (`flatness.masking.MaskingSpec`: ``k`` positions selected, each
+  masking rule (`flatness.model.masking.MaskingSpec`: ``k`` positions selected, each
   replaced by [MASK] / a random word / kept with probabilities 0.8 / 0.1 /
   0.1). Given the corrupted sentence ``y``, the selected set is
   ``S = M ∪ T`` with ``M`` the [MASK] positions and ``T`` an unknown set of
@@ -29,7 +29,7 @@ import itertools
 
 import numpy as np
 
-from flatness import masking
+from flatness.model import masking
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The paper's third language was sampled from OPT-125M restricted to its 2,000
 most frequent tokens (up to 24 tokens a sentence), which we cannot ship. Here a
-seeded causal `flatness.model.Transformer` plays the teacher: a sentence draws
+seeded causal `flatness.model.transformer.Transformer` plays the teacher: a sentence draws
 a latent class ``c`` uniformly, then words autoregressively from
 ``softmax(logits / temperature)`` after the prefix ``[class token] w_1 ..
 w_t``, until it emits ``[SEP]`` (not allowed before ``min_length`` words,
@@ -28,8 +28,8 @@ import numpy as np
 
 from data_gen.language import Language, Sentences, Task
 from data_gen.sections import TeacherConfig  # pylint: disable=unused-import  (re-exported)
-from flatness import tokens as tok
-from flatness.model import Transformer, TransformerConfig, init_params
+from flatness.model import tokens as tok
+from flatness.model.transformer import Transformer, TransformerConfig, init_params
 
 
 class Teacher(Language):

@@ -4,7 +4,7 @@ r"""Gathers many runs into one table; correlates flatness with downstream accura
   python -m experiments.analyze --workdirs='runs/exp/*' --tolerance=0.02
 
 Prints, and writes to --out (default: <first workdir's parent>/report; see
-`flatness.report`), over the checkpoints with loss gap <= --tolerance:
+`flatness.analysis.report`), over the checkpoints with loss gap <= --tolerance:
 
   correlations     Spearman/Kendall of each flatness measure with each accuracy, raw
                    and with the loss gap (and size) partialled out. 95% interval:
@@ -23,7 +23,7 @@ Prints, and writes to --out (default: <first workdir's parent>/report; see
                    the seeds match, Welch otherwise).
 
 plus table.csv/.md (every checkpoint) and figures/*.png; with --drift_window, the
-mechanism experiment's drift.md, drift.csv and figures (`flatness.drift_report`):
+mechanism experiment's drift.md, drift.csv and figures (`flatness.analysis.drift_report`):
 
   python -m experiments.analyze --workdirs='runs/mechanism/*' --tolerance=0.017 \
       --drift_window=1500
@@ -34,7 +34,7 @@ import os
 from absl import flags
 
 from experiments import runner
-from flatness import cli
+from flatness.runtime import cli
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories (globs allowed).")
 _OUT = flags.DEFINE_string("out", "", "Output directory (default: <parent>/report).")
@@ -42,7 +42,7 @@ _TOL = flags.DEFINE_float("tolerance", 0.05, "Max eval/loss_gap (nats) of rows c
                           "negative: use every row.")
 _BOOT = flags.DEFINE_integer("num_bootstrap", 1000, "Bootstrap resamples (over runs).")
 _DRIFT = flags.DEFINE_float("drift_window", 0.0, "> 0: also the mechanism's drift report "
-                            "(flatness.drift_report), initial rates over steps <= this.")
+                            "(flatness.analysis.drift_report), initial rates over steps <= this.")
 flags.mark_flags_as_required(["workdirs"])
 
 

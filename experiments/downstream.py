@@ -7,7 +7,7 @@ Writes `downstream/<task>/*` scalars next to the training metrics of each run
 (TensorBoard and metrics.jsonl); checkpoints already evaluated are skipped.
 """
 from experiments import per_checkpoint
-from flatness import downstream
+from flatness.transfer import downstream
 
 if __name__ == "__main__":
   per_checkpoint.run("experiments/configs/downstream.py", downstream.evaluate_run,

@@ -8,9 +8,9 @@ from typing import Callable
 from absl import flags
 from ml_collections import config_flags
 
-from flatness import cli
-from flatness import distributed
-from flatness import logs
+from flatness.runtime import cli
+from flatness.runtime import distributed
+from flatness.runtime import logs
 
 
 def run(default_config: str, evaluate_run: Callable, what: str) -> None:

@@ -3,7 +3,7 @@ r"""Pre-trains a language model; rerunning with the same workdir resumes.
   python -m experiments.pretrain --config=experiments/configs/pretrain.py:tiny \
       --workdir=/tmp/flatness/tiny [--config.train.num_steps=...]
 
-Exits with `flatness.preemption.PREEMPTED_EXIT_CODE` (75) after saving when
+Exits with `flatness.training.preemption.PREEMPTED_EXIT_CODE` (75) after saving when
 stopped by SIGTERM; relaunch the same command to continue.
 """
 import sys
@@ -11,11 +11,11 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from flatness import cli
-from flatness import distributed
-from flatness import logs
-from flatness import preemption
-from flatness import trainer
+from flatness.runtime import cli
+from flatness.runtime import distributed
+from flatness.runtime import logs
+from flatness.training import preemption
+from flatness.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                           lock_config=True)

@@ -8,9 +8,9 @@ learning rate. Phase 2 continues from there at a constant learning rate in two
 arms (`experiments/configs/continue_training.py:quickstart`): ``adamw``, the
 paper's continued pre-training on sampled labels, and ``exact``, the same on exact
 targets, the control without label noise. At every kept phase-2 checkpoint it
-measures the Hessian trace (`flatness.trace`: one probe on each of many fresh
+measures the Hessian trace (`flatness.curvature.trace`: one probe on each of many fresh
 evaluation batches, so its error covers sentences, masks and probes) and the
-linear-probe accuracy on the grammar's tasks A, B, C (`flatness.downstream`:
+linear-probe accuracy on the grammar's tasks A, B, C (`flatness.transfer.downstream`:
 probes solved to optimality on labelled subsets redrawn per seed), plus the
 lookup-table baseline. It prints each arm's table with the loss gap against the
 tolerance (1% of the exact optimum), each arm's change from the start of phase 2
@@ -29,9 +29,9 @@ from ml_collections import config_flags
 
 from experiments import runner
 from experiments import sweep
-from flatness import analysis
-from flatness import cli
-from flatness import logs
+from flatness.analysis import correlation as analysis
+from flatness.runtime import cli
+from flatness.runtime import logs
 
 FLAGS = flags.FLAGS
 

@@ -12,9 +12,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import runner
-from flatness import cli
-from flatness import distributed
-from flatness import logs
+from flatness.runtime import cli
+from flatness.runtime import distributed
+from flatness.runtime import logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file:variant.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory.")

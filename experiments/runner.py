@@ -1,12 +1,12 @@
 """Runs an experiment's sweep: pre-training, measurement, probes, then the analysis.
 
 `run_experiment` runs every run of the sweep (`experiments.sweep.expand`), or
-the named ones, in ``<workdir>/<name>``: pre-training (`flatness.trainer`, phase
+the named ones, in ``<workdir>/<name>``: pre-training (`flatness.training.trainer`, phase
 1 first in a two-phase experiment), then the checkpoints through
-`flatness.measure` and `flatness.downstream`; each stage resumes or skips what is
+`flatness.curvature.measure` and `flatness.transfer.downstream`; each stage resumes or skips what is
 done, so rerunning the same command continues an interrupted experiment. Finally
-`flatness.analysis` and `flatness.report` (and, for the mechanism experiment,
-`flatness.drift_report`) write ``<workdir>/report``.
+`flatness.analysis.correlation` and `flatness.analysis.report` (and, for the mechanism experiment,
+`flatness.analysis.drift_report`) write ``<workdir>/report``.
 """
 import dataclasses
 import os
@@ -16,14 +16,14 @@ import jax
 from absl import logging
 
 from experiments.sweep import Run, expand, select
-from flatness import analysis
-from flatness import checkpointing
-from flatness import downstream
-from flatness import drift_report
-from flatness import measure
-from flatness import metric_writers
-from flatness import report
-from flatness import trainer
+from flatness.analysis import correlation as analysis
+from flatness.analysis import drift_report
+from flatness.analysis import report
+from flatness.curvature import measure
+from flatness.runtime import checkpointing
+from flatness.runtime import metric_writers
+from flatness.training import trainer
+from flatness.transfer import downstream
 
 
 def steps_to_evaluate(config, workdir: str) -> list[int] | None:

@@ -12,7 +12,7 @@ algorithm,mechanism}.py``) holds four sections and a sweep:
               ``within_tolerance`` (the ones the correlations use); ``probe``: ``all``
               of those probed, or the ``ends`` (each run's last, and its first unless an
               earlier run started from the same phase-1 checkpoint); ``drift_window``
-              (mechanism only): steps over which `flatness.drift_report` fits the initial
+              (mechanism only): steps over which `flatness.analysis.drift_report` fits the initial
               drift rates
   sweep       a tuple of dicts, one per recipe: ``name`` plus dotted overrides of the
               sections above, e.g. ``{"name": "sgd", "pretrain.optimizer.name": "sgd"}``

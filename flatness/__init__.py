@@ -5,12 +5,12 @@ The public curvature API (each a function of a pure ``loss_fn(params)`` or
 sharpness"):
 """
 
-from flatness.enlargement import enlarge
-from flatness.fisher import fisher_trace, ggn_trace
-from flatness.hessian import HessianOperator, hvp, paper_selection
-from flatness.sharpness import average_sharpness, worst_case_sharpness
-from flatness.spectrum import SpectralDensity, spectral_density, top_eigenvalues
-from flatness.trace import TraceEstimate, hessian_trace
+from flatness.curvature.fisher import fisher_trace, ggn_trace
+from flatness.curvature.hessian import HessianOperator, hvp, paper_selection
+from flatness.curvature.sharpness import average_sharpness, worst_case_sharpness
+from flatness.curvature.spectrum import SpectralDensity, spectral_density, top_eigenvalues
+from flatness.curvature.trace import TraceEstimate, hessian_trace
+from flatness.model.enlargement import enlarge
 
 __all__ = [
     "HessianOperator", "SpectralDensity", "TraceEstimate", "average_sharpness", "enlarge",

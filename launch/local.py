@@ -6,7 +6,7 @@ r"""Runs one command as N local JAX processes (a loopback `jax.distributed` clus
 
 Every process gets ``JAX_COORDINATOR_ADDRESS=127.0.0.1:<port>``,
 ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (read by
-`flatness.distributed.initialize`) and ``--devices_per_process`` fake CPU
+`flatness.runtime.distributed.initialize`) and ``--devices_per_process`` fake CPU
 devices. Process 0's output is streamed; the others go to
 ``<process_logs>/process_<i>.log``. Exits with the first non-zero exit code.
 This is how the tests exercise multi-host code on one machine.

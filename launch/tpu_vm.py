@@ -2,7 +2,7 @@ r"""Cloud TPU VM lifecycle for an experiment: create, copy, install, run, logs, 
 
 Each subcommand prints the `gcloud` command lines it runs; ``--dry_run`` only
 prints them. Multi-host slices run the same command on every worker
-(``--worker=all``); `flatness.distributed` then initialises `jax.distributed`
+(``--worker=all``); `flatness.runtime.distributed` then initialises `jax.distributed`
 from the TPU metadata. Workdirs should be ``gs://`` paths (orbax and the
 metric writers write there directly).
 

@@ -2,14 +2,14 @@
 
 Everything here is deliberately naive (dicts of whole sentences, float64) and
 shares no code with `data_gen`, so agreement is evidence of correctness (it
-reads BERT's selection count from `flatness.masking`, which defines the rule).
+reads BERT's selection count from `flatness.model.masking`, which defines the rule).
 """
 import itertools
 import math
 
 import numpy as np
 
-from flatness import masking
+from flatness.model import masking
 
 
 def pcfg_strings(grammar, max_len):

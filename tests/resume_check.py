@@ -4,9 +4,9 @@ import os
 import jax
 import numpy as np
 
-from flatness import checkpointing
-from flatness import metric_writers
-from flatness import trainer
+from flatness.runtime import checkpointing
+from flatness.runtime import metric_writers
+from flatness.training import trainer
 
 
 def _without_perf(records):

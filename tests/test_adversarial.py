@@ -2,10 +2,10 @@
 import numpy as np
 
 from experiments.configs import pretrain
-from flatness import downstream
-from flatness import probe
-from flatness import sharding
-from flatness import trainer
+from flatness.runtime import sharding
+from flatness.training import trainer
+from flatness.transfer import downstream
+from flatness.transfer import probe
 
 
 def _config(lam: float):

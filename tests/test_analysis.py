@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from flatness import analysis
-from flatness import metric_writers
-from flatness import report
+from flatness.analysis import correlation as analysis
+from flatness.analysis import report
+from flatness.runtime import metric_writers
 
 
 def _write_run(root, name, num_params, traces, accs, gaps=None, **info):

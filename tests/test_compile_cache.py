@@ -8,7 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = """
 import warnings
 warnings.simplefilter("error")          # a failed cache read or write is a warning in JAX
-from flatness import compile_cache
+from flatness.runtime import compile_cache
 compile_cache.MIN_COMPILE_SECS = 0.0    # cache even this small program
 assert compile_cache.enable() == {path!r}
 import jax, jax.numpy as jnp
@@ -36,7 +36,7 @@ def test_a_program_compiled_once_is_read_back_with_the_same_result(tmp_path):
 
 
 def test_off_turns_it_off(monkeypatch):
-  from flatness import compile_cache  # pylint: disable=g-import-not-at-top
+  from flatness.runtime import compile_cache  # pylint: disable=g-import-not-at-top
   monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
   monkeypatch.setenv(compile_cache.ENV, "off")
   assert compile_cache.directory() is None

@@ -6,16 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flatness import enlargement as enlarge_lib
-from flatness import fisher
-from flatness import hessian as hs
-from flatness import masking
-from flatness import sharpness
-from flatness import spectrum
-from flatness import tokens as tok
-from flatness import trace
-from flatness.model import Transformer, TransformerConfig, init_params
-from flatness.objectives import Objective
+from flatness.curvature import fisher
+from flatness.curvature import hessian as hs
+from flatness.curvature import sharpness
+from flatness.curvature import spectrum
+from flatness.curvature import trace
+from flatness.model import enlargement as enlarge_lib
+from flatness.model import masking
+from flatness.model import tokens as tok
+from flatness.model.objectives import Objective
+from flatness.model.transformer import Transformer, TransformerConfig, init_params
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,8 +14,8 @@ from data_gen import registry
 from data_gen import sections
 from data_gen.pcfg.random_grammar import RandomGrammarConfig
 from experiments.configs import pretrain
-from flatness import evaluation
-from flatness import input_pipeline
+from flatness.training import evaluation
+from flatness.training import input_pipeline
 
 TINY = RandomGrammarConfig(num_start=2, levels=2, symbols_per_level=3, rules_per_symbol=3,
                            words_per_last_symbol=3, vocab_size=6)

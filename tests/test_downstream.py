@@ -10,15 +10,15 @@ import scipy.optimize
 import scipy.special
 import scipy.stats
 
-from flatness import adversarial
-from flatness import downstream
-from flatness import finetune
-from flatness import masking
-from flatness import probe
-from flatness import sharding
-from flatness import train_step as train_step_lib
-from flatness.model import Transformer, TransformerConfig, init_params
-from flatness.objectives import Objective
+from flatness.model import masking
+from flatness.model.objectives import Objective
+from flatness.model.transformer import Transformer, TransformerConfig, init_params
+from flatness.runtime import sharding
+from flatness.training import adversarial
+from flatness.training import train_step as train_step_lib
+from flatness.transfer import downstream
+from flatness.transfer import finetune
+from flatness.transfer import probe
 
 _FAST = probe.ProbeConfig(l2_grid=(1e-3, 1e-1))
 

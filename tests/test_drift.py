@@ -24,12 +24,12 @@ iterate across the valley. Its trace falls
 toward ``2|c|`` at ``d tr(H)/dt = -kappa u^2 / tr(H)`` per step: to leading order in eta,
 a rate ``(eta^2 / B) sigma^2 u^2 / tr(H)`` (the ``eta^2 / B`` law), and zero with exact
 labels (``sigma = 0``). The tests check the measured drift of simulated SGD, with the
-estimators of `flatness.drift`, against these formulas.
+estimators of `flatness.analysis.drift`, against these formulas.
 """
 import numpy as np
 import pytest
 
-from flatness import drift
+from flatness.analysis import drift
 
 C, SIGMA, W0 = 1.0, 1.0, (2.0, 0.5)     # u0 = 3.75, tr(H)0 = 4.25
 SEEDS = 64

@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from flatness import drift_report
-from flatness import metric_writers
+from flatness.analysis import drift_report
+from flatness.runtime import metric_writers
 
 T0, C = 80.0, 2.0e5            # trace at the start; drift per unit of eta^2 t / B
 STEPS = (0, 500, 1000, 1500, 2000)

@@ -23,14 +23,14 @@ from data_gen.pcfg.grammar import Grammar
 from data_gen.pcfg.language import PCFG
 from data_gen.pcfg.random_grammar import SMALL, RandomGrammarConfig, random_grammar
 from experiments.configs import pretrain
-from flatness import masking
-from flatness import objectives
-from flatness import sharding
-from flatness import tokens as tok
-from flatness import train_step as train_step_lib
-from flatness import trainer
-from flatness.model import Transformer, TransformerConfig, init_params
-from flatness.objectives import Objective
+from flatness.model import masking
+from flatness.model import objectives
+from flatness.model import tokens as tok
+from flatness.model.objectives import Objective
+from flatness.model.transformer import Transformer, TransformerConfig, init_params
+from flatness.runtime import sharding
+from flatness.training import train_step as train_step_lib
+from flatness.training import trainer
 
 TINY_PCFG = RandomGrammarConfig(num_start=2, levels=2, symbols_per_level=3, rules_per_symbol=3,
                                 words_per_last_symbol=3, vocab_size=4, emit_low=0.2,

@@ -11,10 +11,10 @@ from experiments.configs import continue_training
 from experiments.configs import mechanism
 from experiments.configs import model_size
 from experiments.configs import pretrain
-from flatness import analysis
-from flatness import metric_writers
-from flatness import presets
-from flatness import run_config
+from flatness.analysis import correlation as analysis
+from flatness.model import presets
+from flatness.runtime import metric_writers
+from flatness.training import run_config
 
 
 def _merged(workdir):

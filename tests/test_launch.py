@@ -13,9 +13,9 @@ import subprocesses
 from experiments.configs import algorithm
 from experiments.configs import continue_training
 from experiments.configs import pretrain
-from flatness import checkpointing
-from flatness import sharding
-from flatness import trainer
+from flatness.runtime import checkpointing
+from flatness.runtime import sharding
+from flatness.training import trainer
 from launch import local
 from launch import sweep
 from launch import tpu_vm

@@ -3,8 +3,8 @@ import jax
 import numpy as np
 from scipy import stats
 
-from flatness import masking
-from flatness import tokens as tok
+from flatness.model import masking
+from flatness.model import tokens as tok
 
 
 def test_num_predictions_follows_bert():

@@ -7,10 +7,10 @@ import pytest
 
 from experiments.configs import measure as measure_configs
 from experiments.configs import pretrain
-from flatness import measure
-from flatness import metric_writers
-from flatness import sharding
-from flatness import trainer
+from flatness.curvature import measure
+from flatness.runtime import metric_writers
+from flatness.runtime import sharding
+from flatness.training import trainer
 
 
 def _run_config():

@@ -8,11 +8,11 @@ import pytest
 
 from jax.extend import core as jax_core
 
-from flatness import flops
-from flatness import presets
-from flatness import tokens as tok
-from flatness.model import Transformer, TransformerConfig, init_params, param_count
-from flatness.objectives import Objective
+from flatness.model import flops
+from flatness.model import presets
+from flatness.model import tokens as tok
+from flatness.model.objectives import Objective
+from flatness.model.transformer import Transformer, TransformerConfig, init_params, param_count
 
 
 def _cfg(**kw):
@@ -114,7 +114,7 @@ def _matmul_flops(jaxpr) -> int:
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_flops_formula_counts_every_matmul(causal):
-  """`flatness.flops` (the MFU numerator) equals the matrix products in the traced loss,
+  """`flatness.model.flops` (the MFU numerator) equals the matrix products in the traced loss,
   and its gradient costs exactly twice the forward in matrix products."""
   cfg = _cfg(vocab_size=40, seq_len=12, hidden_size=32, num_heads=4, mlp_dim=64, causal=causal)
   objective = Objective(Transformer(cfg))

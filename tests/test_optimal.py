@@ -13,7 +13,7 @@ from data_gen.language import Sentences
 from data_gen.markov import MarkovChain
 from data_gen.pcfg.language import PCFG
 from data_gen.pcfg.random_grammar import RandomGrammarConfig, random_grammar
-from flatness import masking
+from flatness.model import masking
 
 TINY_PCFG = RandomGrammarConfig(num_start=2, levels=2, symbols_per_level=3, rules_per_symbol=3,
                                 words_per_last_symbol=3, vocab_size=4, emit_low=0.2,

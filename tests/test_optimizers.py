@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flatness import optimizers
+from flatness.training import optimizers
 
 A = jnp.diag(jnp.array([3.0, 1.0, 0.5]))
 

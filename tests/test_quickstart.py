@@ -2,7 +2,7 @@
 import numpy as np
 
 from experiments import quickstart
-from flatness import analysis
+from flatness.analysis import correlation as analysis
 
 _ACC = "downstream/A/probe_acc"
 

@@ -16,10 +16,10 @@ from data_gen import describe
 from data_gen import registry
 from experiments.configs import languages
 from experiments.configs import pretrain
-from flatness import checkpointing
-from flatness import input_pipeline
-from flatness import metric_writers
-from flatness import trainer
+from flatness.runtime import checkpointing
+from flatness.runtime import metric_writers
+from flatness.training import input_pipeline
+from flatness.training import trainer
 
 OVERRIDES = {"model.hidden_size": 16, "model.mlp_dim": 32, "data.num_validation": 32,
              "train.batch_size": 16, "train.log_every": 3, "train.eval_every": 6,

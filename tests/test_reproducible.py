@@ -26,10 +26,10 @@ import pytest
 
 from experiments import sweep
 from experiments.configs import continue_training
-from flatness import evaluation
-from flatness import metric_writers
-from flatness import sharding
-from flatness import trainer
+from flatness.runtime import metric_writers
+from flatness.runtime import sharding
+from flatness.training import evaluation
+from flatness.training import trainer
 
 LOCK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                     "requirements", "lock.txt")

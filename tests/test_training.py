@@ -10,12 +10,12 @@ import pytest
 import resume_check
 from data_gen.markov import MarkovChain
 from experiments.configs import pretrain
-from flatness import checkpointing
-from flatness import input_pipeline
-from flatness import metric_writers
-from flatness import sharding
-from flatness import trainer
-from flatness import train_step as train_step_lib
+from flatness.runtime import checkpointing
+from flatness.runtime import metric_writers
+from flatness.runtime import sharding
+from flatness.training import input_pipeline
+from flatness.training import train_step as train_step_lib
+from flatness.training import trainer
 
 
 def _small_config(**train):

@@ -6,7 +6,7 @@ Runs, on the same data and model:
   sam          SAM around SGD (explicitly seeks flat minima)
   adversarial  AdamW on L_MLM - lambda * R, R the validation loss of a closed-form ridge
                head for task A on the features the linear probe reads (the concatenated
-               word states; `flatness.adversarial`): per the paper, the same loss, worse
+               word states; `flatness.training.adversarial`): per the paper, the same loss, worse
                transfer and a larger trace
 and, with every run's downstream metrics, the lookup-table baseline (a probe on
 the true conditionals).

@@ -1,4 +1,4 @@
-r"""Downstream evaluation of every checkpoint of a run (`flatness.downstream`).
+r"""Downstream evaluation of every checkpoint of a run (`flatness.transfer.downstream`).
 
   python -m experiments.downstream --workdir=/tmp/flatness/pcfg_small \
       --config=experiments/configs/downstream.py
@@ -26,13 +26,13 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.features = "concat"         # concat: word states concatenated (paper); mean; cls
   c.lookup = True               # the lookup-table baseline (true conditionals as features)
   c.force = False               # re-evaluate checkpoints already done
-  c.probe = ml_collections.ConfigDict(dict(   # flatness.probe.ProbeConfig
+  c.probe = ml_collections.ConfigDict(dict(   # flatness.transfer.probe.ProbeConfig
       l2_grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),  # candidate L2 penalties on W (z-scored units)
       holdout=0.25,                           # fraction of the first seed's subset that picks l2
       max_iters=2000,                         # L-BFGS iterations per solve, at most
       tol=1e-5,                               # converged: ||grad F||_2 below this
       standardize=True))                      # z-score features by the fitting rows
-  c.finetune = ml_collections.ConfigDict(dict(   # flatness.finetune.FinetuneConfig
+  c.finetune = ml_collections.ConfigDict(dict(   # flatness.transfer.finetune.FinetuneConfig
       enabled=False, epochs=10, batch_size=128, learning_rate=1e-4, weight_decay=0.01,
       dropout=True))
   if variant == "finetune":
@@ -43,4 +43,4 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   elif variant != "default":
     raise ValueError(f"downstream.py: unknown variant {variant!r}; choose default, finetune "
                      "or paper")
-  return c   # sizes are checked where they are used (flatness.downstream.check_sizes)
+  return c   # sizes are checked where they are used (flatness.transfer.downstream.check_sizes)

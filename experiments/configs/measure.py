@@ -1,4 +1,4 @@
-r"""Curvature metrics of every checkpoint of a run (`flatness.measure`).
+r"""Curvature metrics of every checkpoint of a run (`flatness.curvature.measure`).
 
   python -m experiments.measure --workdir=/tmp/flatness/tiny \
       --config=experiments/configs/measure.py
@@ -23,7 +23,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # its own masks, the same for every checkpoint (paired). The sampled estimators (trace,
   # fisher, ggn, sharpness_avg) put `num_probes` probes on every batch and report an error
   # over batches that covers the sentences and masks too; under a fixed budget one probe
-  # on each of more batches is never less precise (flatness.trace: more probes per batch
+  # on each of more batches is never less precise (flatness.curvature.trace: more probes per batch
   # never remove the batch-to-batch term).
   c.num_batches = 64            # independent evaluation batches (>= 2 for a population error)
   c.batch_size = 64             # sentences per batch; divisible by the device count
@@ -33,7 +33,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.force = False               # re-measure checkpoints already measured
   c.enlarge_to = ""             # trace_enlarged: a preset, or "hidden,layers,heads,mlp"
   # Per batch: probes (trace, ggn) or samples (fisher, sharpness_avg).
-  # hvp: the products' order of differentiation (flatness.hessian.HVP_METHODS). With
+  # hvp: the products' order of differentiation (flatness.curvature.hessian.HVP_METHODS). With
   # several probes per batch (chunk >= 8), reverse_over_forward is the fastest on a CPU
   # (1.45-2.02 gradients per product against 2.28-2.58; benchmarks.curvature); with one,
   # forward_over_reverse (2.13-2.88 against 2.48-3.26).

@@ -26,7 +26,7 @@ seeds covers the draw). The arms:
 
 Each run: tr(H) and the loss gap at every checkpoint; linear probes at the start
 (once: every run starts from the same parameters) and at the end of each run
-(``analysis.probe = "ends"``). The report (`flatness.drift_report`) adds the
+(``analysis.probe = "ends"``). The report (`flatness.analysis.drift_report`) adds the
 collapse figure, each arm's initial drift rate with its interval over seeds, the
 rate law (rates against eta^2 / B: slope, intercept, R^2, residuals) and each
 arm's change in probe accuracy.

@@ -2,7 +2,7 @@ r"""Experiment (b): models of different sizes trained to the same loss (paper Se
 
 Each size is trained on the same data; every checkpoint gets its Hessian trace
 measured directly and after function-preserving enlargement into the largest
-architecture (``curvature/trace_enlarged``, `flatness.enlargement`), and its
+architecture (``curvature/trace_enlarged``, `flatness.model.enlargement`), and its
 linear-probe accuracy. The paper's claim: at equal loss, larger models are
 flatter and transfer better. `experiments.analyze` then asks whether the trace
 predicts accuracy *within* a size (partial and within-size correlations).

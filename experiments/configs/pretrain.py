@@ -55,7 +55,7 @@ def base() -> ml_collections.ConfigDict:
       data_dir="",                  # TFDS data_dir ("": ~/tensorflow_datasets)
       train=100_000, validation=1_000, test=1_000, task_train=10_000, task_test=2_000))
 
-  # ---- Model: a preset of flatness.presets, or 'custom' with the fields below.
+  # ---- Model: a preset of flatness.model.presets, or 'custom' with the fields below.
   c.model = ml_collections.ConfigDict()
   c.model.preset = "custom"       # 2m | 9m | 41m | 67m | 85m | 235m | custom
   c.model.seq_len = 0             # 0: longest sentence + [CLS] + [SEP]
@@ -70,10 +70,10 @@ def base() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"       # activations; "bfloat16" on GPU/TPU
   c.model.param_dtype = "float32"
 
-  # ---- BERT masking (flatness.masking): 15%, at most 5 predictions, 80/10/10.
+  # ---- BERT masking (flatness.model.masking): 15%, at most 5 predictions, 80/10/10.
   c.masking = ml_collections.ConfigDict(dict(rate=0.15, max_predictions=5, mask_prob=0.8,
                                              random_prob=0.1))
-  # What each masked-LM prediction is scored against (flatness.objectives):
+  # What each masked-LM prediction is scored against (flatness.model.objectives):
   #   sampled  the word the generator drew (BERT's loss);
   #   exact    its exact conditional P(x_i | corrupted input, i selected), computed in the
   #            step for the step's own masks (data_gen.bert_targets; pcfg, hmm, markov).
@@ -81,7 +81,7 @@ def base() -> ml_collections.ConfigDict:
   # whose covariance at the optimum equals the Hessian. MLM only.
   c.targets = "sampled"
 
-  # ---- Optimizer (flatness.optimizers). Defaults: the paper's AdamW recipe.
+  # ---- Optimizer (flatness.training.optimizers). Defaults: the paper's AdamW recipe.
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"      # adamw | adam | sgd | lamb | adafactor | sam
   c.optimizer.learning_rate = 5e-4
@@ -98,7 +98,7 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer.sam_rho = 0.05      # sam only: radius of the adversarial step
   c.optimizer.sam_base = "sgd"    # sam only: the outer optimizer
 
-  # ---- The paper's adversarial algorithm (flatness.adversarial): minimise the MLM loss
+  # ---- The paper's adversarial algorithm (flatness.training.adversarial): minimise the MLM loss
   # minus lam x the validation loss of a closed-form ridge head on the encoder's features.
   c.adversarial = ml_collections.ConfigDict(dict(
       lam=0.0,                    # 0: plain pre-training

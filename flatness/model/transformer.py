@@ -1,0 +1,219 @@
+"""BERT-style transformer encoder (and its causal twin) as pure Flax Linen modules.
+
+The paper (Sec. 3 and App. A) trains BERT with pre-LayerNorm blocks:
+``x <- x + Drop(Attn(LN(x)))``, ``x <- x + Drop(MLP(LN(x)))``, learned
+position embeddings, a GELU MLP, and an MLM head ``Dense -> GELU -> LN ->
+E^T`` whose output layer is tied to the input embedding ``E``. A pooled
+``[CLS]`` representation (``tanh(W h_CLS)``) serves downstream heads.
+
+Everything here is a pure function of a params pytree, so curvature code can
+differentiate a loss built on it twice. Parameter names are stable and
+documented because `flatness.model.enlargement` maps them between sizes:
+
+  token_embed/embedding [V, H]      pos_embed [S, H]      embed_ln/{scale,bias}
+  layer_i/attn_ln, layer_i/attn/{query,key,value}/{kernel [H,h,d], bias [h,d]},
+  layer_i/attn/out/{kernel [h,d,H], bias [H]}, layer_i/mlp_ln,
+  layer_i/mlp/{wi [H,F], wo [F,H]}/{kernel,bias}, final_ln,
+  head/transform/{kernel,bias}, head/transform_ln, head/output_bias [V]
+  (or head/output/{kernel,bias} when untied), pooler/{kernel,bias}.
+"""
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flatness.model import tokens as tok
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Architecture of one model; `flatness.model.presets` names the paper's sizes."""
+  vocab_size: int                 # model vocabulary, special tokens included
+  seq_len: int = 32               # positions: [CLS] + words + [SEP]
+  hidden_size: int = 256
+  num_layers: int = 4
+  num_heads: int = 4
+  mlp_dim: int = 1024
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  causal: bool = False            # decoder (next-token) instead of MLM encoder
+  tie_embeddings: bool = True     # MLM/LM output layer shares the input embedding
+  dtype: str = "float32"          # compute dtype of activations ("bfloat16" on TPU/GPU)
+  param_dtype: str = "float32"
+  layer_norm_eps: float = 1e-6
+  init_std: float = 0.02          # BERT's initializer_range
+
+  def __post_init__(self):
+    for name in ("vocab_size", "seq_len", "hidden_size", "num_layers", "num_heads",
+                 "mlp_dim"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                       f"model.num_heads ({self.num_heads})")
+    for name in ("dropout_rate", "attention_dropout_rate"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"model.{name} must lie in [0, 1), got {getattr(self, name)}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+
+def _dtype(name: str):
+  return jnp.dtype(name)
+
+
+class Attention(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool):
+    cfg = self.cfg
+    dense = functools.partial(
+        nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim),
+        dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype),
+        kernel_init=nn.initializers.normal(cfg.init_std))
+    q = dense(name="query")(x)
+    k = dense(name="key")(x)
+    v = dense(name="value")(x)
+    # Softmax in float32 (or float64 in x64 tests) whatever the compute dtype.
+    acc = jnp.promote_types(jnp.float32, q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=acc)
+    logits = logits / jnp.sqrt(jnp.asarray(cfg.head_dim, acc))
+    logits = jnp.where(mask, logits, jnp.finfo(acc).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    weights = nn.Dropout(cfg.attention_dropout_rate)(weights, deterministic=deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    return nn.DenseGeneral(
+        features=cfg.hidden_size, axis=(-2, -1), dtype=_dtype(cfg.dtype),
+        param_dtype=_dtype(cfg.param_dtype),
+        kernel_init=nn.initializers.normal(cfg.init_std), name="out")(out)
+
+
+class Mlp(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    dense = functools.partial(nn.Dense, dtype=_dtype(cfg.dtype),
+                              param_dtype=_dtype(cfg.param_dtype),
+                              kernel_init=nn.initializers.normal(cfg.init_std))
+    h = nn.gelu(dense(cfg.mlp_dim, name="wi")(x), approximate=False)
+    return dense(cfg.hidden_size, name="wo")(h)
+
+
+def _layer_norm(cfg: TransformerConfig, name: str):
+  return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=_dtype(cfg.dtype),
+                      param_dtype=_dtype(cfg.param_dtype), name=name)
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool):
+    drop = nn.Dropout(self.cfg.dropout_rate)
+    h = Attention(self.cfg, name="attn")(_layer_norm(self.cfg, "attn_ln")(x), mask,
+                                         deterministic)
+    x = x + drop(h, deterministic=deterministic)
+    h = Mlp(self.cfg, name="mlp")(_layer_norm(self.cfg, "mlp_ln")(x))
+    return x + drop(h, deterministic=deterministic)
+
+
+class Transformer(nn.Module):
+  """Encoder (MLM) or decoder (causal LM) over model token ids.
+
+  Methods (use with ``model.apply(variables, ..., method=...)``):
+    __call__(ids, positions=None): output logits [B, S, V], or [B, P, V] at
+      ``positions`` [B, P] (the MLM loss only needs the masked positions, which
+      saves the [B, S, V] output projection).
+    encode(ids): final hidden states [B, S, H] (after the final LayerNorm).
+    pool(ids): tanh-pooled [CLS] state [B, H].
+  """
+  cfg: TransformerConfig
+
+  def setup(self):
+    cfg = self.cfg
+    init = nn.initializers.normal(cfg.init_std)
+    self.token_embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=init,
+                                dtype=_dtype(cfg.dtype),
+                                param_dtype=_dtype(cfg.param_dtype))
+    self.pos_embed = self.param("pos_embed", init, (cfg.seq_len, cfg.hidden_size),
+                                _dtype(cfg.param_dtype))
+    self.embed_ln = _layer_norm(cfg, "embed_ln")
+    self.embed_drop = nn.Dropout(cfg.dropout_rate)
+    self.layers = [Block(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
+    self.final_ln = _layer_norm(cfg, "final_ln")
+    self.head = LmHead(cfg, name="head")
+    self.pooler = nn.Dense(cfg.hidden_size, dtype=_dtype(cfg.dtype),
+                           param_dtype=_dtype(cfg.param_dtype), kernel_init=init,
+                           name="pooler")
+
+  def _mask(self, ids):
+    keys = ids != tok.PAD
+    mask = keys[:, None, None, :]
+    if self.cfg.causal:
+      s = ids.shape[1]
+      mask = mask & jnp.tril(jnp.ones((s, s), bool))[None, None]
+    return mask
+
+  def encode(self, ids, deterministic: bool = True):
+    x = self.token_embed(ids) + self.pos_embed[None, :ids.shape[1]].astype(_dtype(self.cfg.dtype))
+    x = self.embed_drop(self.embed_ln(x), deterministic=deterministic)
+    mask = self._mask(ids)
+    for layer in self.layers:
+      x = layer(x, mask, deterministic)
+    return self.final_ln(x)
+
+  def pool(self, ids, deterministic: bool = True):
+    h = self.encode(ids, deterministic)
+    return jnp.tanh(self.pooler(h[:, 0]))
+
+  def __call__(self, ids, positions=None, deterministic: bool = True):
+    h = self.encode(ids, deterministic)
+    if positions is not None:
+      h = jnp.take_along_axis(h, positions[..., None], axis=1)
+    # Make sure the pooler has parameters after `init`, as downstream heads use it.
+    if self.is_initializing():
+      self.pooler(h[:, 0])
+    return self.head(h, self.token_embed)
+
+
+class LmHead(nn.Module):
+  """``Dense -> GELU -> LN -> (E^T + b)``, BERT's MLM transform and decoder."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, h, token_embed: nn.Embed):
+    cfg = self.cfg
+    init = nn.initializers.normal(cfg.init_std)
+    h = nn.Dense(cfg.hidden_size, dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype),
+                 kernel_init=init, name="transform")(h)
+    h = _layer_norm(cfg, "transform_ln")(nn.gelu(h, approximate=False))
+    acc = jnp.promote_types(jnp.float32, h.dtype)
+    if cfg.tie_embeddings:
+      bias = self.param("output_bias", nn.initializers.zeros, (cfg.vocab_size,),
+                        _dtype(cfg.param_dtype))
+      logits = token_embed.attend(h).astype(acc) + bias.astype(acc)
+    else:
+      logits = nn.Dense(cfg.vocab_size, dtype=_dtype(cfg.dtype),
+                        param_dtype=_dtype(cfg.param_dtype), kernel_init=init,
+                        name="output")(h).astype(acc)
+    return logits
+
+
+def init_params(cfg: TransformerConfig, rng, batch_size: int = 1):
+  """Params pytree of a fresh model (pure; use under `jax.jit` or `jax.eval_shape`)."""
+  ids = jnp.full((batch_size, cfg.seq_len), tok.CLS, jnp.int32)
+  return Transformer(cfg).init({"params": rng}, ids)["params"]
+
+
+def param_count(params: Any) -> int:
+  """Number of scalars in a params pytree (works on `jax.eval_shape` output)."""
+  return int(sum(x.size for x in jax.tree.leaves(params)))

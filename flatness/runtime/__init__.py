@@ -1,0 +1,12 @@
+"""What every part runs on: devices, processes, files, logs and errors.
+
+  sharding         the 1-D data mesh, batch shardings, `global_batch`
+  distributed      `jax.distributed` start-up on multi-host machines
+  metric_writers   scalars to TensorBoard and ``metrics.jsonl``
+  checkpointing    orbax checkpoints with the data position; damaged ones set aside
+  checkpoint_walk  one evaluation pass over a run's checkpoints
+  compile_cache    the persistent compilation cache
+  cli, logs        entry points' one-line errors and quiet logging
+
+Imports: nothing else of flatness.
+"""
