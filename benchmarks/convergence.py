@@ -30,11 +30,10 @@ from absl import logging
 
 from data_gen import sections
 from data_gen.pcfg.random_grammar import COMPACT, COMPACT_SEED
+from experiments import wiring
 from experiments.configs import pretrain
 from flatness.runtime import logs
 from flatness.runtime import metric_writers
-from flatness.training import trainer
-from flatness.transfer import downstream
 
 # A smaller grammar than SMALL: 16 words, 2 start symbols, 3 symbols a level.
 _SMALL_GRAMMAR = {"data.pcfg.num_start": 2, "data.pcfg.symbols_per_level": 3,
@@ -104,7 +103,7 @@ def curve(workdir: str, batch_size: int) -> list[dict]:
 
 def majority_shares(language, n: int = 2000) -> dict[str, float]:
   """Share of the most frequent label of each downstream task."""
-  tasks = downstream.task_data(language, [], n, 0, seed=0)
+  tasks = wiring.task_data(language, [], n, 0, seed=0)
   return {t.name: float(np.bincount(t.pool[2]).max() / len(t.pool[2])) for t in tasks}
 
 
@@ -118,9 +117,9 @@ def main(argv):
   rows, summary = [], []
   for name in _RECIPES.value:
     c = config(name, _SCALE.value, _EVALS.value, _VALIDATION.value)
-    setup = trainer.build(c)
+    built = wiring.build(c)
     with tempfile.TemporaryDirectory() as workdir:
-      trainer.train(c, workdir, setup=setup)
+      wiring.train(c, workdir, built=built)
       points = curve(workdir, int(c.train.batch_size))
     for p in points:
       rows.append(f"| {name} | {p['step']} | {p['sentences']:,} | {p['seconds']:.0f} | "
@@ -130,7 +129,7 @@ def main(argv):
       hit = next((p for p in points if p["gap"] <= level * p["optimum"]), None)
       first[level] = f"{hit['seconds']:.0f} s / {hit['sentences']:,}" if hit else "not reached"
     last = points[-1]
-    shares = ", ".join(f"{k} {v:.2f}" for k, v in majority_shares(setup.language).items())
+    shares = ", ".join(f"{k} {v:.2f}" for k, v in majority_shares(built.language).items())
     summary.append(f"| {name} | {last['optimum']:.3f} | {last['gap']:.4f} "
                    f"({100 * last['gap'] / last['optimum']:.2f}%) | {last['seconds']:.0f} | "
                    f"{first[0.01]} | {first[0.005]} | {shares} |")

@@ -5,7 +5,7 @@ r"""Step time of exact-target pre-training against sampled targets, side by side
 
 For each variant of ``experiments/configs/pretrain.py`` the trainer's own step
 (its model, optimizer, batch size, masking and shardings, built by
-`flatness.training.trainer.build`) is jitted twice, with ``targets='sampled'`` and
+`experiments.wiring.build`) is jitted twice, with ``targets='sampled'`` and
 ``targets='exact'``, and the two are timed in alternating blocks of ``--steps``
 steps on the same pre-drawn batches (the data pipeline runs in a background
 thread during training and is not part of the step); the table gives the
@@ -20,11 +20,11 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from experiments import wiring
 from experiments.configs import pretrain
 from flatness.model import objectives
 from flatness.runtime import sharding
 from flatness.training import train_step as train_step_lib
-from flatness.training import trainer
 
 _VARIANTS = flags.DEFINE_list("variants", ["pcfg_small", "tiny"], "pretrain.py variants.")
 _STEPS = flags.DEFINE_integer("steps", 100, "Steps per timed block.")
@@ -44,14 +44,14 @@ def _block(fn, state, batches, keys, steps):
 
 def measure(variant: str, steps: int, rounds: int) -> dict:
   config = pretrain.get_config(variant)
-  setup = trainer.build(config)
-  source = trainer.make_source(setup)
+  built = wiring.build(config)
+  setup, source = built.setup, built.source()
   batches = [sharding.global_batch(source.batch(i), setup.mesh) for i in range(_BATCHES)]
   keys = [jax.random.fold_in(jax.random.key(0), i) for i in range(_BATCHES)]
   rep, data = sharding.replicated(setup.mesh), sharding.batch_sharding(setup.mesh)
   fns, states = {}, {}
   for kind in objectives.TARGETS:
-    targets = objectives.training_targets(kind, setup.language, setup.objective)
+    targets = wiring.training_targets(kind, built.language, setup.objective)
     step = train_step_lib.make_train_step(setup.objective, setup.tx, schedule=setup.schedule,
                                           targets=targets)
     fns[kind] = jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
@@ -64,7 +64,7 @@ def measure(variant: str, steps: int, rounds: int) -> dict:
       states[kind], dt = _block(fn, states[kind], batches, keys, steps)
       times[kind].append(dt)
 
-  exact = objectives.training_targets("exact", setup.language, setup.objective)
+  exact = wiring.training_targets("exact", built.language, setup.objective)
   alone = jax.jit(lambda b, k: exact(setup.objective.prepare(k, b), b))
   jax.block_until_ready(alone(batches[0], keys[0]))
   per = []
@@ -75,7 +75,7 @@ def measure(variant: str, steps: int, rounds: int) -> dict:
     per.append((time.perf_counter() - start) / steps)
   med = {kind: float(np.median(t)) * 1e3 for kind, t in times.items()}
   return dict(variant=variant, batch=int(config.train.batch_size),
-              words=setup.language.vocab_size, max_length=setup.language.max_length,
+              words=built.language.vocab_size, max_length=built.language.max_length,
               sampled=med["sampled"], exact=med["exact"], alone=float(np.median(per)) * 1e3)
 
 

@@ -56,6 +56,7 @@ from data_gen.hmm import HMM
 from data_gen.markov import MarkovChain
 from data_gen.pcfg.language import PCFG
 from flatness.model import masking
+from flatness.model import tokens as tok
 
 # A polynomial marginal: (leaf scores [B, L, D+1, X], lengths [B]) ->
 # (coefficients [B, D+1], log scale [B]) with Z(t) = sum_d coef[d] t^d exp(scale).
@@ -146,6 +147,55 @@ def _rule_scale(grammar) -> float:
   return float(np.exp(-np.sum(uses * log_b) / uses.sum()))
 
 
+def _height_rules(grammar, h, gamma) -> list:
+  """Per height ``j`` of parents: (child pairs ``(B, C)`` of its rules, ``[pairs, N]``
+  probabilities ``gamma P(A -> B C)`` of the height-``j`` parents ``A``, the parents' mask)."""
+  binary = np.asarray(grammar.binary, np.float64)
+  rules = []
+  for j in range(1, int(h.max()) + 1):
+    parents = h == j
+    _, b, c = np.nonzero(binary * parents[:, None, None])
+    pairs = sorted(set(zip(b.tolist(), c.tolist())))
+    if pairs:
+      bs, cs = [p[0] for p in pairs], [p[1] for p in pairs]
+      rules.append((pairs, gamma * np.where(parents[None, :], binary[:, bs, cs].T, 0.0),
+                    parents))
+  return rules
+
+
+def _span_tables(grammar, rules, length: int):
+  """Spans ``(i, l)`` of a sentence of ``length`` words, listed by length then start, and
+  per height's pass its splits (parent span, left child span, right child span): only
+  those whose child lengths the children can derive, and for parents that are never
+  children only the spans ``[0, l)``. Returns (number of spans, passes, the spans
+  ``[0, l)`` of every length)."""
+  binary = np.asarray(grammar.binary, np.float64)
+  is_child = (binary.sum(axis=(0, 2)) + binary.sum(axis=(0, 1))) > 0
+  spans = [(i, l) for l in range(1, length + 1) for i in range(length - l + 1)]
+  index = {sp: k for k, sp in enumerate(spans)}
+  derives = np.zeros((grammar.num_nonterminals, length + 1), bool)   # A =>* some l words
+  derives[:, 1] = grammar.emission.sum(axis=1) > 0
+  has_rule = (binary > 0).reshape(len(binary), -1)
+  for l in range(2, length + 1):
+    for m in range(1, l):
+      both = derives[:, m][:, None] & derives[:, l - m][None, :]
+      derives[:, l] |= (has_rule & both.reshape(1, -1)).any(axis=1)
+  passes = []
+  for pairs, probs, parents in rules:
+    pb, pc = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    starts = (lambda n_i: range(n_i)) if is_child[parents].any() else (lambda n_i: range(1))
+    splits = [(index[(i, l)], index[(i, m)], index[(i + m, l - m)])
+              for l in range(2, length + 1) for i in starts(length - l + 1)
+              for m in range(1, l) if np.any(derives[pb, m] & derives[pc, l - m])]
+    if splits:
+      parent, left, right = (np.array([sp[k] for sp in splits], np.int32) for k in range(3))
+      filled, segment = np.unique(parent, return_inverse=True)   # the spans this pass fills
+      passes.append((filled.astype(np.int32), segment.astype(np.int32), left, right,
+                     pb, pc, probs))
+  prefix = np.array([index[(0, l)] for l in range(1, length + 1)], np.int32)
+  return len(spans), passes, prefix
+
+
 def _inside_by_height(grammar, h, dtype) -> PolyMarginal:
   """Inside probabilities of all spans at once, one height of nonterminals at a time.
 
@@ -165,44 +215,8 @@ def _inside_by_height(grammar, h, dtype) -> PolyMarginal:
   """
   gamma = _rule_scale(grammar)
   start = np.asarray(grammar.start, np.float64)
-  binary = np.asarray(grammar.binary, np.float64)
-  is_child = (binary.sum(axis=(0, 2)) + binary.sum(axis=(0, 1))) > 0
-  rules = []          # per height: (child pairs, P(A -> B C) scaled, height-j parents [N])
-  for j in range(1, int(h.max()) + 1):
-    parents = h == j
-    _, b, c = np.nonzero(binary * parents[:, None, None])
-    pairs = sorted(set(zip(b.tolist(), c.tolist())))
-    if pairs:
-      bs, cs = [p[0] for p in pairs], [p[1] for p in pairs]
-      rules.append((pairs, gamma * np.where(parents[None, :], binary[:, bs, cs].T, 0.0),
-                    parents))
-
-  @functools.lru_cache(maxsize=None)
-  def tables(length: int):
-    """Spans ``(i, l)`` listed by length then start; per pass its splits (parent non-decreasing)."""
-    spans = [(i, l) for l in range(1, length + 1) for i in range(length - l + 1)]
-    index = {sp: k for k, sp in enumerate(spans)}
-    derives = np.zeros((grammar.num_nonterminals, length + 1), bool)   # A =>* some l words
-    derives[:, 1] = grammar.emission.sum(axis=1) > 0
-    has_rule = (binary > 0).reshape(len(binary), -1)
-    for l in range(2, length + 1):
-      for m in range(1, l):
-        both = derives[:, m][:, None] & derives[:, l - m][None, :]
-        derives[:, l] |= (has_rule & both.reshape(1, -1)).any(axis=1)
-    passes = []
-    for pairs, probs, parents in rules:
-      pb, pc = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-      starts = (lambda n_i: range(n_i)) if is_child[parents].any() else (lambda n_i: range(1))
-      splits = [(index[(i, l)], index[(i, m)], index[(i + m, l - m)])
-                for l in range(2, length + 1) for i in starts(length - l + 1)
-                for m in range(1, l) if np.any(derives[pb, m] & derives[pc, l - m])]
-      if splits:
-        parent, left, right = (np.array([sp[k] for sp in splits], np.int32) for k in range(3))
-        filled, segment = np.unique(parent, return_inverse=True)   # the spans this pass fills
-        passes.append((filled.astype(np.int32), segment.astype(np.int32), left, right,
-                       pb, pc, probs))
-    prefix = np.array([index[(0, l)] for l in range(1, length + 1)], np.int32)
-    return len(spans), passes, prefix
+  tables = functools.lru_cache(maxsize=None)(
+      functools.partial(_span_tables, grammar, _height_rules(grammar, h, gamma)))
 
   def marginal(leaf, lengths):
     _, length, _, _ = leaf.shape
@@ -371,3 +385,32 @@ class BertTargets:
     total = jnp.sum(num, axis=-1, keepdims=True)
     keep = valid[..., None] & (total > 0)
     return jnp.where(keep, num / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+def exact_targets(language, objective, dtype=jnp.float32) -> Callable:
+  """``(prepared, raw) -> [B, P, model vocab]``: the exact targets of a prepared MLM batch
+  of ``objective`` (a `flatness.model.objectives.Objective`), for ``config.targets =
+  "exact"`` and the gradient noise with exact targets.
+
+  ``prepared`` is `Objective.prepare`'s output (the corrupted ``ids`` and the
+  selected ``positions``), ``raw`` the word batch (its ``lengths``). Row ``p``
+  is ``P(x_i = v | y, i in S)`` at the word ``i`` of ``positions[:, p]``, zero
+  on the special tokens and on padding predictions (weight 0). A pure JAX
+  function of the generator's tensors (in ``dtype``): it runs inside the jitted
+  step, for the masks that step drew.
+  """
+  if objective.causal:
+    raise ValueError("needs the masked-LM objective (model.causal=False); causal runs take "
+                     "targets='sampled'")
+  targets = BertTargets(language, objective.spec, dtype)
+  width = language.max_length
+
+  def fn(prepared, raw):
+    words = prepared["ids"][:, 1:width + 1]       # the corrupted sentence, words only
+    q = targets(jnp.clip(words - tok.NUM_SPECIAL, 0), words == tok.MASK, raw["lengths"])
+    at = jnp.clip(prepared["positions"] - 1, 0, width - 1)
+    q = jnp.take_along_axis(q, at[..., None], axis=1)                    # [B, P, V]
+    q = jnp.where(prepared["weights"][..., None] > 0, q, 0.0)
+    return jnp.pad(q, ((0, 0), (0, 0), (tok.NUM_SPECIAL, 0)))
+
+  return fn

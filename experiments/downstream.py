@@ -7,8 +7,8 @@ Writes `downstream/<task>/*` scalars next to the training metrics of each run
 (TensorBoard and metrics.jsonl); checkpoints already evaluated are skipped.
 """
 from experiments import per_checkpoint
-from flatness.transfer import downstream
+from experiments import wiring
 
 if __name__ == "__main__":
-  per_checkpoint.run("experiments/configs/downstream.py", downstream.evaluate_run,
+  per_checkpoint.run("experiments/configs/downstream.py", wiring.downstream_run,
                      "Downstream")

@@ -7,7 +7,7 @@ Writes `curvature/*` scalars next to the training metrics of each run
 (TensorBoard and metrics.jsonl); checkpoints already measured are skipped.
 """
 from experiments import per_checkpoint
-from flatness.curvature import measure
+from experiments import wiring
 
 if __name__ == "__main__":
-  per_checkpoint.run("experiments/configs/measure.py", measure.measure_run, "Measurement")
+  per_checkpoint.run("experiments/configs/measure.py", wiring.measure_run, "Measurement")

@@ -11,11 +11,11 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import wiring
 from flatness.runtime import cli
 from flatness.runtime import distributed
 from flatness.runtime import logs
 from flatness.training import preemption
-from flatness.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                           lock_config=True)
@@ -27,7 +27,7 @@ def main(argv):
   del argv
   logs.quiet_libraries()
   distributed.initialize()
-  result = trainer.train(_CONFIG.value, _WORKDIR.value)
+  result = wiring.train(_CONFIG.value, _WORKDIR.value)
   if result.preempted:
     sys.exit(preemption.PREEMPTED_EXIT_CODE)
 

@@ -89,69 +89,81 @@ def _acc_sentence(effects) -> str:
 
 def findings(runs: dict[str, list[dict]], tolerance) -> list[str]:
   """What the numbers support, sentence by sentence, decided from the numbers themselves."""
-  out = []
   start = next(iter(runs.values()))[0]
   opt = analysis.value(start, "eval/optimal_loss")
   tolerance = np.inf if tolerance is None else tolerance
   tol = (f"{tolerance:.4f} nats ({100 * tolerance / opt:.1f}% of the exact optimum {opt:.3f})"
          if np.isfinite(tolerance) else "not set (analysis.tolerance < 0)")
   g0 = analysis.value(start, analysis.GAP)
-  out.append(f"Phase 1 ended at a loss gap of {_gap(start)}; the tolerance for 'same loss' "
-             f"is {tol}: the start of phase 2 is {'within' if g0 <= tolerance else 'OUTSIDE'} "
-             "it.")
+  out = [f"Phase 1 ended at a loss gap of {_gap(start)}; the tolerance for 'same loss' "
+         f"is {tol}: the start of phase 2 is {'within' if g0 <= tolerance else 'OUTSIDE'} it."]
   effects = {}
   for name, rows in runs.items():
-    gaps = [analysis.value(r, analysis.GAP) for r in rows]
-    outside = [r["step"] for r, g in zip(rows, gaps) if g > tolerance]
-    within = ("every checkpoint is within the tolerance" if not outside else
-              f"checkpoints {outside} are OUTSIDE the tolerance")
-    e = analysis.compare(rows[0], rows[-1])
-    effects[name] = e
-    out.append(f"{name}: loss gap {min(gaps):.4f}-{max(gaps):.4f} nats over phase 2 ({within}); "
-               f"tr(H) {_trace_verb(e[0])} ({e[0].trace_a:.1f} -> {e[0].trace_b:.1f}, "
-               f"{e[0].d_trace:+.1f} +- {e[0].d_trace_se:.1f}, z = {e[0].d_trace_z:+.1f}); "
-               f"{_acc_sentence(e)}.")
+    effects[name] = analysis.compare(rows[0], rows[-1])
+    out.append(_arm_sentence(name, rows, effects[name], tolerance))
   if len(runs) == 2:
-    (na, ra), (nb, rb) = runs.items()
-    e = analysis.compare(rb[-1], ra[-1])
-    out.append(f"{na} against {nb} at step {ra[-1]['step']}: tr(H) {e[0].d_trace:+.1f} +- "
-               f"{e[0].d_trace_se:.1f} (z = {e[0].d_trace_z:+.1f}); {_acc_sentence(e)}.")
-    fell = {n: x[0].d_trace_z < -2 for n, x in effects.items()}
-    all_within = all(analysis.value(r, analysis.GAP) <= tolerance
-                     for rows in runs.values() for r in rows)
-    if not all_within:
-      out.append("Not every checkpoint is at the same loss: read the trace and accuracy "
-                 "changes beside the loss-gap column, not as flatness alone.")
-    elif fell.get(na) and not fell.get(nb):
-      out.append(f"At the same loss (within the tolerance), the trace fell under {na} and "
-                 f"not under {nb}: the direction the paper's label-noise argument predicts.")
-    elif fell.get(na):
-      out.append(f"The trace fell under both {na} and {nb}: continued training flattens "
-                 "here with or without label noise, so the fall is not label noise's alone.")
-    elif fell.get(nb):
-      out.append(f"The trace fell under {nb} and not under {na}: the opposite of the "
-                 "paper's label-noise argument.")
-    else:
-      out.append(f"The trace fell under neither {na} nor {nb}: label-noise flattening does "
-                 "not show at this scale and phase-2 length.")
-    accs = [x for x in e if x.accuracy]
-    up = [x.accuracy.split("/")[1] for x in accs if x.d_acc_lo > 0]
-    down = [x.accuracy.split("/")[1] for x in accs if x.d_acc_hi < 0]
-    flatter = e[0].d_trace_z < -2
-    if flatter and up and not down:
-      verdict = "agrees with the paper's claim that the flatter model transfers better"
-    elif flatter and down:
-      verdict = ("is the opposite of the paper's claim that the flatter model transfers "
-                 f"better (worse on {', '.join(down)})")
-    elif flatter:
-      verdict = "does not show the paper's downstream claim (no task differs beyond noise)"
-    else:
-      verdict = "does not test the downstream claim (the trace does not differ)"
-    g_a = analysis.value(ra[-1], analysis.GAP) - analysis.value(rb[-1], analysis.GAP)
-    out.append(f"Downstream, {na} against {nb} at the last checkpoint {verdict}; its loss gap "
-               f"differs by {g_a:+.4f} nats, which also moves accuracy. One pre-training "
-               "seed: experiments/configs/continue_training.py:pcfg_compact runs three.")
+    out += _two_arm_sentences(runs, effects, tolerance)
   return out
+
+
+def _arm_sentence(name: str, rows, e, tolerance) -> str:
+  """One arm over phase 2: its loss-gap range, its trace change and accuracy changes."""
+  gaps = [analysis.value(r, analysis.GAP) for r in rows]
+  outside = [r["step"] for r, g in zip(rows, gaps) if g > tolerance]
+  within = ("every checkpoint is within the tolerance" if not outside else
+            f"checkpoints {outside} are OUTSIDE the tolerance")
+  return (f"{name}: loss gap {min(gaps):.4f}-{max(gaps):.4f} nats over phase 2 ({within}); "
+          f"tr(H) {_trace_verb(e[0])} ({e[0].trace_a:.1f} -> {e[0].trace_b:.1f}, "
+          f"{e[0].d_trace:+.1f} +- {e[0].d_trace_se:.1f}, z = {e[0].d_trace_z:+.1f}); "
+          f"{_acc_sentence(e)}.")
+
+
+def _two_arm_sentences(runs, effects, tolerance) -> list[str]:
+  """The two arms against each other: the trace (label noise's prediction) and transfer."""
+  (na, ra), (nb, rb) = runs.items()
+  e = analysis.compare(rb[-1], ra[-1])
+  out = [f"{na} against {nb} at step {ra[-1]['step']}: tr(H) {e[0].d_trace:+.1f} +- "
+         f"{e[0].d_trace_se:.1f} (z = {e[0].d_trace_z:+.1f}); {_acc_sentence(e)}."]
+  fell = {n: x[0].d_trace_z < -2 for n, x in effects.items()}
+  all_within = all(analysis.value(r, analysis.GAP) <= tolerance
+                   for rows in runs.values() for r in rows)
+  if not all_within:
+    out.append("Not every checkpoint is at the same loss: read the trace and accuracy "
+               "changes beside the loss-gap column, not as flatness alone.")
+  elif fell.get(na) and not fell.get(nb):
+    out.append(f"At the same loss (within the tolerance), the trace fell under {na} and "
+               f"not under {nb}: the direction the paper's label-noise argument predicts.")
+  elif fell.get(na):
+    out.append(f"The trace fell under both {na} and {nb}: continued training flattens "
+               "here with or without label noise, so the fall is not label noise's alone.")
+  elif fell.get(nb):
+    out.append(f"The trace fell under {nb} and not under {na}: the opposite of the "
+               "paper's label-noise argument.")
+  else:
+    out.append(f"The trace fell under neither {na} nor {nb}: label-noise flattening does "
+               "not show at this scale and phase-2 length.")
+  g_a = analysis.value(ra[-1], analysis.GAP) - analysis.value(rb[-1], analysis.GAP)
+  out.append(f"Downstream, {na} against {nb} at the last checkpoint {_transfer_verdict(e)}; "
+             f"its loss gap differs by {g_a:+.4f} nats, which also moves accuracy. One "
+             "pre-training seed: experiments/configs/continue_training.py:pcfg_compact runs "
+             "three.")
+  return out
+
+
+def _transfer_verdict(e) -> str:
+  """Whether the flatter arm transfers better, worse or the same, by the paired intervals."""
+  accs = [x for x in e if x.accuracy]
+  up = [x.accuracy.split("/")[1] for x in accs if x.d_acc_lo > 0]
+  down = [x.accuracy.split("/")[1] for x in accs if x.d_acc_hi < 0]
+  flatter = e[0].d_trace_z < -2
+  if flatter and up and not down:
+    return "agrees with the paper's claim that the flatter model transfers better"
+  if flatter and down:
+    return ("is the opposite of the paper's claim that the flatter model transfers "
+            f"better (worse on {', '.join(down)})")
+  if flatter:
+    return "does not show the paper's downstream claim (no task differs beyond noise)"
+  return "does not test the downstream claim (the trace does not differ)"
 
 
 def main(argv):

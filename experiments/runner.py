@@ -1,63 +1,55 @@
-"""Runs an experiment's sweep: pre-training, measurement, probes, then the analysis.
+"""Runs an experiment's sweep: pre-training, one evaluation pass, then the analysis.
 
 `run_experiment` runs every run of the sweep (`experiments.sweep.expand`), or
-the named ones, in ``<workdir>/<name>``: pre-training (`flatness.training.trainer`, phase
-1 first in a two-phase experiment), then the checkpoints through
-`flatness.curvature.measure` and `flatness.transfer.downstream`; each stage resumes or skips what is
-done, so rerunning the same command continues an interrupted experiment. Finally
+the named ones, in ``<workdir>/<name>``: pre-training (`experiments.wiring.train`,
+phase 1 first in a two-phase experiment), then one pass over the kept checkpoints
+with the evaluators of ``config.evals`` (`experiments.wiring.evaluate_run`: loss gap,
+curvature, probes); each stage resumes or skips what is done, so rerunning the
+same command continues an interrupted experiment. Finally
 `flatness.analysis.correlation` and `flatness.analysis.report` (and, for the mechanism experiment,
 `flatness.analysis.drift_report`) write ``<workdir>/report``.
 """
 import dataclasses
 import os
 import time
+from typing import Callable
 
 import jax
 from absl import logging
 
+from experiments import wiring
 from experiments.sweep import Run, expand, select
 from flatness.analysis import correlation as analysis
 from flatness.analysis import drift_report
 from flatness.analysis import report
-from flatness.curvature import measure
 from flatness.runtime import checkpointing
-from flatness.runtime import metric_writers
-from flatness.training import trainer
-from flatness.transfer import downstream
 
 
-def steps_to_evaluate(config, workdir: str) -> list[int] | None:
-  """Checkpoint steps that measurement and probes visit: None (all of them), or with
-  ``analysis.evaluate = "within_tolerance"`` only those whose ``eval/loss_gap`` is at most
-  the tolerance: the only ones the correlations use, and the costly part of a run."""
-  mode = config.analysis.get("evaluate", "all")
+def evaluate_when(config) -> Callable[[int, dict], bool] | None:
+  """Which checkpoints curvature and probes visit: all (None), or with ``analysis.evaluate =
+  "within_tolerance"`` those whose ``eval/loss_gap`` is at most the tolerance: the only
+  ones the correlations use, and the costly part of a run. The loss evaluator runs first
+  in the pass, so every checkpoint has its gap by then."""
+  mode = config.analysis.evaluate
   if mode not in ("all", "within_tolerance"):
     raise ValueError(f"analysis.evaluate: {mode!r}; choose 'all' or 'within_tolerance'")
-  tol = tolerance(config)
-  if mode == "all" or tol is None:
-    return None
-  path = os.path.join(workdir, metric_writers.JSONL)
-  gaps = {int(r["step"]): r["eval/loss_gap"] for r in metric_writers.read_jsonl(path)
-          if "eval/loss_gap" in r}
-  return sorted(s for s, g in gaps.items() if g <= tol)
+  return wiring.within(tolerance(config)) if mode == "within_tolerance" else None
 
 
-def probe_steps(config, workdir: str, steps: list[int] | None, *,
-                probe_start: bool) -> list[int] | None:
-  """Checkpoint steps the probes visit: ``steps`` (None: all) with ``analysis.probe =
-  "all"``; with ``"ends"`` only the last of them, and the first when ``probe_start``
-  (a run whose start was probed in another run of the sweep leaves it out)."""
-  mode = config.analysis.get("probe", "all")
+def probe_steps(config, workdir: str, *, probe_start: bool) -> list[int] | None:
+  """Checkpoint steps the probes visit: all (None) with ``analysis.probe = "all"``; with
+  ``"ends"`` only the last kept checkpoint, and the first when ``probe_start`` (a run
+  whose start was probed in another run of the sweep leaves it out)."""
+  mode = config.analysis.probe
   if mode not in ("all", "ends"):
     raise ValueError(f"analysis.probe: {mode!r}; choose 'all' or 'ends'")
   if mode == "all":
-    return steps
+    return None
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
     available = ckpt.all_steps()
   finally:
     ckpt.close()
-  available = [s for s in available if steps is None or s in set(steps)]
   if not available:
     return []
   return sorted({available[-1]} | ({available[0]} if probe_start else set()))
@@ -65,7 +57,7 @@ def probe_steps(config, workdir: str, steps: list[int] | None, *,
 
 def phase1_dir(config, workdir: str) -> str:
   """Where an experiment's phase-1 runs live (``phase1_dir``, default its workdir)."""
-  return config.get("phase1_dir") or workdir
+  return config.phase1_dir or workdir
 
 
 def run_phase1(run: Run, root: str, *, mesh=None) -> float:
@@ -75,8 +67,7 @@ def run_phase1(run: Run, root: str, *, mesh=None) -> float:
     return 0.0
   t0 = time.perf_counter()
   p1 = os.path.join(root, run.phase1.name)
-  result = trainer.train(run.phase1.config, p1,
-                         setup=trainer.build(run.phase1.config, mesh=mesh))
+  result = wiring.train(run.phase1.config, p1, mesh=mesh)
   if result.preempted:
     # Phase 2 must never start from an unfinished phase 1.
     raise RuntimeError(f"phase 1 ({p1}) was preempted at step {result.step}; relaunch the "
@@ -85,43 +76,34 @@ def run_phase1(run: Run, root: str, *, mesh=None) -> float:
   return time.perf_counter() - t0
 
 
-def run_one(run: Run, workdir: str, *, mesh=None, stages=("pretrain", "measure",
-                                                            "downstream"),
+def run_one(run: Run, workdir: str, *, mesh=None, stages=("pretrain", "evaluate"),
             phase1_root: str | None = None, probe_start: bool = True) -> dict:
-  """Pre-trains (phase 1 first, in ``phase1_root``, default next to ``workdir``), measures
-  and probes one run (``probe_start``: see `probe_steps`); returns seconds per stage."""
+  """Pre-trains (phase 1 first, in ``phase1_root``, default next to ``workdir``) and
+  evaluates one run: one pass over its checkpoints with the evaluators of ``config.evals``
+  (``probe_start``: see `probe_steps`); returns seconds per stage."""
   c, times = run.config, {}
   if "pretrain" in stages and run.phase1 is not None:
     root = phase1_root or os.path.dirname(os.path.normpath(workdir))
     times["phase1"] = run_phase1(run, root, mesh=mesh)
   if "pretrain" in stages:
     t0 = time.perf_counter()
-    trainer.train(c.pretrain, workdir, setup=trainer.build(c.pretrain, mesh=mesh))
+    wiring.train(c.pretrain, workdir, mesh=mesh)
     times["pretrain"] = time.perf_counter() - t0
-  steps = None
-  if {"measure", "downstream"} & set(stages):
-    steps = steps_to_evaluate(c, workdir)
-    if steps == []:
-      logging.warning("run %s: no checkpoint within the loss-gap tolerance %s; nothing to "
-                      "measure or probe", run.name, tolerance(c))
-      return times
-  if "measure" in stages:
+  if "evaluate" in stages:
     t0 = time.perf_counter()
-    measure.measure_run(workdir, c.measure, steps=steps, mesh=mesh)
-    times["measure"] = time.perf_counter() - t0
-  if "downstream" in stages:
-    t0 = time.perf_counter()
-    wanted = probe_steps(c, workdir, steps, probe_start=probe_start)
-    if wanted != []:
-      downstream.evaluate_run(workdir, c.downstream, steps=wanted, mesh=mesh)
-    times["downstream"] = time.perf_counter() - t0
+    when = evaluate_when(c)
+    options = {"curvature": dict(when=when),
+               "downstream": dict(when=when, steps=probe_steps(c, workdir,
+                                                               probe_start=probe_start))}
+    wiring.evaluate_run(workdir, c, list(c.evals), mesh=mesh, options=options)
+    times["evaluate"] = time.perf_counter() - t0
   logging.info("run %s: %s", run.name, ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
   return times
 
 
 def tolerance(config) -> float | None:
   """The loss-gap tolerance of ``config.analysis`` (None, from a negative value: all rows)."""
-  tol = config.analysis.get("tolerance")
+  tol = config.analysis.tolerance
   return None if tol is None or tol < 0 else float(tol)
 
 
@@ -149,7 +131,7 @@ def analyze(config, workdirs, out_dir: str) -> Analysis:
   """`analyze_runs` with the settings of ``config.analysis``."""
   return analyze_runs(workdirs, out_dir, tolerance=tolerance(config),
                       num_bootstrap=int(config.analysis.num_bootstrap),
-                      drift_window=float(config.analysis.get("drift_window", 0.0)))
+                      drift_window=float(config.analysis.drift_window))
 
 
 def run_experiment(config, workdir: str, *, only=(), mesh=None, analyze_after=True):

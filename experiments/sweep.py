@@ -7,6 +7,8 @@ algorithm,mechanism}.py``) holds four sections and a sweep:
   pretrain    a full `experiments/configs/pretrain.py` config: the shared recipe
   measure     a `experiments/configs/measure.py` config (curvature metrics)
   downstream  a `experiments/configs/downstream.py` config (probes, lookup baseline)
+  evals       the evaluators of each kept checkpoint, in order, in one pass with the params
+              restored once (`experiments.wiring.EVALUATORS`: loss, curvature, downstream)
   analysis    ``tolerance``: loss gap (nats) under which checkpoints are correlated;
               ``evaluate``: ``all`` checkpoints are measured and probed, or only those
               ``within_tolerance`` (the ones the correlations use); ``probe``: ``all``

@@ -4,6 +4,7 @@ import os
 import jax
 import numpy as np
 
+from experiments import wiring
 from flatness.runtime import checkpointing
 from flatness.runtime import metric_writers
 from flatness.training import trainer
@@ -17,10 +18,10 @@ def assert_resume_is_exact(config, root, stop_after: int) -> trainer.TrainResult
   """Trains ``config`` straight in ``root/a``, and in ``root/b`` to ``stop_after`` then on
   to the end; asserts equal parameters and metrics (throughput aside). Returns run a."""
   a, b = os.path.join(root, "a"), os.path.join(root, "b")
-  straight = trainer.train(config, a)
-  trainer.train(config, b, stop_after=stop_after)
+  straight = wiring.train(config, a)
+  wiring.train(config, b, stop_after=stop_after)
   assert checkpointing.Checkpointer(os.path.join(b, "checkpoints")).latest_step() == stop_after
-  resumed = trainer.train(config, b)
+  resumed = wiring.train(config, b)
   assert resumed.step == straight.step == int(config.train.num_steps)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.state.params),
                jax.device_get(resumed.state.params))

@@ -1,10 +1,9 @@
 """The adversarial algorithm worsens the features the probe reads, at (nearly) equal loss."""
 import numpy as np
 
+from experiments import wiring
 from experiments.configs import pretrain
 from flatness.runtime import sharding
-from flatness.training import trainer
-from flatness.transfer import downstream
 from flatness.transfer import probe
 
 
@@ -29,9 +28,10 @@ def test_adversary_lowers_the_attacked_tasks_probe_accuracy_at_equal_loss(tmp_pa
     c = _config(lam)
     # One device: this test is about the objective, not sharding (test_experiments runs
     # the adversary on 8), and 400 steps of 8-way collectives on 2 cores are slow.
-    setup = trainer.build(c, mesh=sharding.make_mesh(1))
-    result = trainer.train(c, str(tmp_path / f"lam{lam}"), setup=setup)
-    (task,) = downstream.task_data(setup.language, ["A"], 600, 400, seed=0)
+    built = wiring.build(c, mesh=sharding.make_mesh(1))
+    setup = built.setup
+    result = wiring.train(c, str(tmp_path / f"lam{lam}"), built=built)
+    (task,) = wiring.task_data(built.language, ["A"], 600, 400, seed=0)
     feats = [probe.features(setup.objective, result.state.params, x[0], x[1], mesh=setup.mesh)
              for x in (task.pool, task.test)]
     acc = probe.probe_accuracy(feats[0], task.pool[2], feats[1], task.test[2],

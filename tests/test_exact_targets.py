@@ -22,6 +22,7 @@ from data_gen.markov import MarkovChain
 from data_gen.pcfg.grammar import Grammar
 from data_gen.pcfg.language import PCFG
 from data_gen.pcfg.random_grammar import SMALL, RandomGrammarConfig, random_grammar
+from experiments import wiring
 from experiments.configs import pretrain
 from flatness.model import masking
 from flatness.model import objectives
@@ -30,7 +31,6 @@ from flatness.model.objectives import Objective
 from flatness.model.transformer import Transformer, TransformerConfig, init_params
 from flatness.runtime import sharding
 from flatness.training import train_step as train_step_lib
-from flatness.training import trainer
 
 TINY_PCFG = RandomGrammarConfig(num_start=2, levels=2, symbols_per_level=3, rules_per_symbol=3,
                                 words_per_last_symbol=3, vocab_size=4, emit_low=0.2,
@@ -109,7 +109,7 @@ def test_targets_match_enumeration(lang):
   with jax.enable_x64(True):
     obj = _objective(language, WIDE)
     prepared, raw = _prepared(language, obj, 24, seed=3)
-    q = np.asarray(jax.jit(objectives.exact_targets(language, obj, jnp.float64))(prepared, raw))
+    q = np.asarray(jax.jit(bert_targets.exact_targets(language, obj, jnp.float64))(prepared, raw))
   kinds = set()
   weights, positions = np.asarray(prepared["weights"]), np.asarray(prepared["positions"])
   labels = np.asarray(prepared["labels"])
@@ -176,7 +176,7 @@ def test_targets_match_bayes_predictions_on_pcfg_small():
     language = PCFG(random_grammar(SMALL, 0), dtype=jnp.float64)
     obj = _objective(language, spec)
     prepared, raw = _prepared(language, obj, 24, seed=1, min_length=5)   # one bucket
-    q = np.asarray(jax.jit(objectives.exact_targets(language, obj, jnp.float64))(prepared, raw))
+    q = np.asarray(jax.jit(bert_targets.exact_targets(language, obj, jnp.float64))(prepared, raw))
     views = _views(prepared, raw)
     truth = optimal.bayes_predictions(language, views, spec)
   positions, weights = np.asarray(prepared["positions"]), np.asarray(prepared["weights"])
@@ -253,7 +253,7 @@ def test_loss_at_the_generator_is_the_bert_masking_optimum():
     probs = {x: p / total for x, p in probs.items()}
     obj = _objective(language, spec)
     prepared, raw = _enumerated_batch(language, probs, spec, obj.model.cfg.seq_len)
-    q = jax.jit(objectives.exact_targets(language, obj, jnp.float64))(prepared, raw)
+    q = jax.jit(bert_targets.exact_targets(language, obj, jnp.float64))(prepared, raw)
     logits = jnp.log(q)
     terms = objectives.nll_terms(logits, prepared["labels"], prepared["weights"], q)
     exact_loss = float(terms["nll_sum"] / terms["weight_sum"])
@@ -285,7 +285,7 @@ def test_population_gradient_is_unchanged_and_less_noisy():
     obj = _objective(chain, spec)
     prepared, raw = _enumerated_batch(chain, _markov_probs(chain), spec,
                                       obj.model.cfg.seq_len)
-    q = jax.jit(objectives.exact_targets(chain, obj, jnp.float64))(prepared, raw)
+    q = jax.jit(bert_targets.exact_targets(chain, obj, jnp.float64))(prepared, raw)
     params = init_params(obj.model.cfg, jax.random.key(0))
 
     def loss(p, batch):
@@ -324,7 +324,7 @@ def test_monte_carlo_mean_of_sampled_gradients_is_the_exact_gradient():
     language = PCFG(g, max_length=4, dtype=jnp.float64, batch_size=32)
     obj = _objective(language, WIDE)
     prepared, raw = _prepared(language, obj, 6, seed=5)
-    q = jax.jit(objectives.exact_targets(language, obj, jnp.float64))(prepared, raw)
+    q = jax.jit(bert_targets.exact_targets(language, obj, jnp.float64))(prepared, raw)
     params = init_params(obj.model.cfg, jax.random.key(1))
     flat = lambda t: jnp.concatenate([x.ravel() for x in jax.tree.leaves(t)])
     loss = lambda p, batch: obj.loss_terms(p, batch)["nll_sum"]
@@ -367,13 +367,13 @@ def test_sampled_is_unchanged_and_exact_uses_the_same_masks():
   c = _small_config()
   assert pretrain.get_config("tiny").targets == "sampled"
   c.train.batch_size = 16
-  s = trainer.build(c, mesh=sharding.make_mesh(1))
-  source = trainer.make_source(s)
+  b = wiring.build(c, mesh=sharding.make_mesh(1))
+  s, source = b.setup, b.source()
   state = s.create_state(jax.random.key(0))
-  assert objectives.training_targets(c.targets, s.language, s.objective) is None
+  assert wiring.training_targets(c.targets, b.language, s.objective) is None
   step = jax.jit(train_step_lib.make_train_step(s.objective, s.tx, schedule=s.schedule))
   exact_step = jax.jit(train_step_lib.make_train_step(
-      s.objective, s.tx, targets=objectives.training_targets("exact", s.language, s.objective)))
+      s.objective, s.tx, targets=wiring.training_targets("exact", b.language, s.objective)))
   recorded = [(2.4911539554595947, 1.6064306497573853), (2.5223548412323, 1.7145968675613403),
               (2.5408804416656494, 1.8640512228012085), (2.50339412689209, 1.6148122549057007)]
   for i, (loss, grad_norm) in enumerate(recorded):
@@ -420,5 +420,5 @@ def test_unsupported_exact_targets_fail_at_start(workdir, field, value):
                                                     field.split(".")[1])
   node[name] = value
   with pytest.raises(ValueError, match="targets"):
-    trainer.train(c, workdir)
+    wiring.train(c, workdir)
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))

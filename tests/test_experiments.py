@@ -13,6 +13,7 @@ from experiments.configs import model_size
 from experiments.configs import pretrain
 from flatness.analysis import correlation as analysis
 from flatness.model import presets
+from flatness.runtime import checkpoint_walk
 from flatness.runtime import metric_writers
 from flatness.training import run_config
 
@@ -114,14 +115,16 @@ def test_only_checkpoints_within_tolerance_are_evaluated_when_asked(tmp_path):
     writer.write_scalars(step, {"eval/loss_gap": gap, "train/loss": 1.0})
   writer.write_scalars(4500, {"train/loss": 1.0})          # no evaluation: not eligible
   writer.close()
+  rows = checkpoint_walk.known_rows(str(tmp_path))
   config = algorithm.get_config("pcfg_small")
   assert config.analysis.evaluate == "within_tolerance" and config.analysis.tolerance == 0.2
-  assert runner.steps_to_evaluate(config, str(tmp_path)) == [2000, 3000, 4000]
+  when = runner.evaluate_when(config)
+  assert [s for s, row in sorted(rows.items()) if when(s, row)] == [2000, 3000, 4000]
   config.analysis.evaluate = "all"
-  assert runner.steps_to_evaluate(config, str(tmp_path)) is None
+  assert runner.evaluate_when(config) is None
   config.analysis.evaluate = "some"
   with pytest.raises(ValueError, match="analysis.evaluate"):
-    runner.steps_to_evaluate(config, str(tmp_path))
+    runner.evaluate_when(config)
 
 
 def test_two_phase_runs_share_phase1_unless_model_or_seed_differ():

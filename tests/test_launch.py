@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 import subprocesses
+from experiments import wiring
 from experiments.configs import algorithm
 from experiments.configs import continue_training
 from experiments.configs import pretrain
 from flatness.runtime import checkpointing
 from flatness.runtime import sharding
-from flatness.training import trainer
 from launch import local
 from launch import sweep
 from launch import tpu_vm
@@ -42,13 +42,13 @@ def _config(steps, checkpoint_every=5):
 def _train_here(workdir, steps, devices, checkpoint_every=5):
   """The reference run, in this process (cheaper than a subprocess)."""
   c = _config(steps, checkpoint_every)
-  return jax.device_get(trainer.train(c, str(workdir), setup=trainer.build(
-      c, mesh=sharding.make_mesh(devices))).state.params)
+  return jax.device_get(wiring.train(c, str(workdir),
+                                     mesh=sharding.make_mesh(devices)).state.params)
 
 
 def _final_params(workdir, steps):
   c = _config(steps)
-  setup = trainer.build(c, mesh=sharding.make_mesh(1))
+  setup = wiring.build(c, mesh=sharding.make_mesh(1)).setup
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
     assert ckpt.latest_step() == steps
@@ -146,7 +146,7 @@ def test_a_checkpoint_cut_off_mid_write_leaves_the_last_good_one(tmp_path):
   the run resumes from step 5 and finishes with the uninterrupted run's parameters."""
   c = _config(5)
   mesh = sharding.make_mesh(1)
-  trainer.train(c, str(tmp_path / "cut"), setup=trainer.build(c, mesh=mesh))
+  wiring.train(c, str(tmp_path / "cut"), mesh=mesh)
   partial = tmp_path / "cut" / "checkpoints" / "10.orbax-checkpoint-tmp-1700000000000000"
   (partial / "state").mkdir(parents=True)
   (partial / "state" / "garbage").write_bytes(b"\0" * 100)
@@ -154,6 +154,6 @@ def test_a_checkpoint_cut_off_mid_write_leaves_the_last_good_one(tmp_path):
   assert ckpt.latest_step() == 5
   ckpt.close()
   c.train.num_steps = 10
-  cut = trainer.train(c, str(tmp_path / "cut"), setup=trainer.build(c, mesh=mesh))
-  straight = trainer.train(c, str(tmp_path / "straight"), setup=trainer.build(c, mesh=mesh))
+  cut = wiring.train(c, str(tmp_path / "cut"), mesh=mesh)
+  straight = wiring.train(c, str(tmp_path / "straight"), mesh=mesh)
   _assert_close(jax.device_get(cut.state.params), jax.device_get(straight.state.params))

@@ -5,12 +5,12 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import wiring
 from experiments.configs import measure as measure_configs
 from experiments.configs import pretrain
 from flatness.curvature import measure
 from flatness.runtime import metric_writers
 from flatness.runtime import sharding
-from flatness.training import trainer
 
 
 def _run_config():
@@ -37,11 +37,11 @@ def test_every_metric_is_the_same_on_8_devices_and_on_1():
   cfg = _measure_config(",".join(m for m in measure.METRICS if m != "trace_enlarged"))
   results = []
   for n in (8, 1):
-    setup = trainer.build(_run_config(), mesh=sharding.make_mesh(n))
-    params = setup.create_state(jax.random.key(0)).params
-    batches = measure.eval_batches(setup, cfg.num_batches, cfg.batch_size, cfg.seed)
-    assert batches[0]["ids"].sharding.num_devices == n
-    results.append(measure.Measurer(setup, cfg, batches)(params, jax.random.key(1)))
+    built = wiring.build(_run_config(), mesh=sharding.make_mesh(n))
+    params = built.setup.create_state(jax.random.key(0)).params
+    measurer = wiring.curvature_evaluator(built, cfg)
+    assert measurer.batches[0]["ids"].sharding.num_devices == n
+    results.append(measurer(params, key=jax.random.key(1)))
   assert set(results[0]) == set(results[1])
   assert {"trace", "trace_stderr", "top_eigenvalue", "fisher", "ggn", "sharpness",
           "sharpness_adaptive", "sharpness_avg", "loss"} <= set(results[0])
@@ -50,16 +50,16 @@ def test_every_metric_is_the_same_on_8_devices_and_on_1():
 
 
 def test_measure_run_writes_each_checkpoint_once(workdir):
-  trainer.train(_run_config(), workdir)
+  wiring.train(_run_config(), workdir)
   cfg = _measure_config("trace,loss")
-  out = measure.measure_run(workdir, cfg)
+  out = wiring.measure_run(workdir, cfg)
   assert sorted(out) == [3, 6]
-  assert measure.measure_run(workdir, cfg) == {}          # already measured: skipped
+  assert wiring.measure_run(workdir, cfg) == {}          # already measured: skipped
   recs = metric_writers.read_jsonl(os.path.join(workdir, metric_writers.JSONL))
   measured = [r["step"] for r in recs if "curvature/trace" in r]
   assert measured == [3, 6]
   assert all(np.isfinite(r["curvature/trace"]) for r in recs if "curvature/trace" in r)
   with pytest.raises(ValueError, match="measure.metrics"):
-    measure.measure_run(workdir, _measure_config("trace,flatness"))
+    wiring.measure_run(workdir, _measure_config("trace,flatness"))
   with pytest.raises(FileNotFoundError, match="not a training run"):
-    measure.measure_run(os.path.dirname(workdir), cfg)
+    wiring.measure_run(os.path.dirname(workdir), cfg)

@@ -14,6 +14,7 @@ import pytest
 import subprocesses
 from data_gen import describe
 from data_gen import registry
+from experiments import wiring
 from experiments.configs import languages
 from experiments.configs import pretrain
 from flatness.runtime import checkpointing
@@ -58,7 +59,7 @@ DAMAGE = {
 def trained(tmp_path_factory):
   """A 12-step run with checkpoints at 6 and 12, and its training losses."""
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  trainer.train(_config(12), workdir)
+  wiring.train(_config(12), workdir)
   return workdir, _losses(workdir)
 
 
@@ -69,7 +70,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(trained, tmp_p
   shutil.copytree(source, workdir)
   ckpts = os.path.join(workdir, "checkpoints")
   DAMAGE[damage](os.path.join(ckpts, "12"))
-  result = trainer.train(_config(12), workdir)
+  result = wiring.train(_config(12), workdir)
   # Resumed from step 6 and redid 7..12 exactly as the first time.
   assert result.step == 12
   assert _losses(workdir) == losses
@@ -90,7 +91,7 @@ def test_no_readable_checkpoint_refuses_and_moves_nothing(trained, tmp_path):
     DAMAGE["missing state item"](os.path.join(ckpts, step))
   with pytest.raises(checkpointing.CheckpointRestoreError,
                      match=r"step 12: .*12/state: missing.*step 6: .*Nothing was moved"):
-    trainer.train(_config(18), workdir)
+    wiring.train(_config(18), workdir)
   assert sorted(os.listdir(ckpts)) == ["12", "6"]
   assert not os.path.exists(ckpts + ".damaged")
 
@@ -105,8 +106,8 @@ def test_the_record_survives_a_failed_resumption(trained, tmp_path):
   with open(os.path.join(workdir, trainer.CONFIG_JSON)) as f:
     before = f.read()
   c = _config(24, **{"optimizer.learning_rate": 1e6})
-  s = trainer.build(c)
-  good = trainer.make_source(s)
+  b = wiring.build(c)
+  s, good = b.setup, b.source()
 
   def batches():   # from the checkpoint's data position on; NaN from step 16
     for i in range(12, 100):
@@ -119,7 +120,7 @@ def test_the_record_survives_a_failed_resumption(trained, tmp_path):
 
   with pytest.raises(trainer.NonFiniteLossError):
     trainer.train(c, workdir, setup=s, source=input_pipeline.IteratorSource(batches(), 16),
-                  loss_transform=poison)
+                  validation=b.validation(), loss_transform=poison)
   with open(os.path.join(workdir, trainer.CONFIG_JSON)) as f:
     assert f.read() == before
   assert json.loads(before)["optimizer"]["learning_rate"] == 1e-2
@@ -141,9 +142,9 @@ def test_a_missing_config_json_cannot_hide_another_language(trained, tmp_path):
     original = json.load(f)
   os.remove(os.path.join(workdir, trainer.CONFIG_JSON))
   with pytest.raises(checkpointing.IncompatibleCheckpointError, match="data.seed"):
-    trainer.train(_config(18, **{"data.seed": 1}), workdir)
+    wiring.train(_config(18, **{"data.seed": 1}), workdir)
   # The same run resumes, and the record is rebuilt from the checkpoint's own copy.
-  trainer.train(_config(18), workdir)
+  wiring.train(_config(18), workdir)
   with open(os.path.join(workdir, trainer.CONFIG_JSON)) as f:
     assert json.load(f) == original
 
@@ -164,7 +165,7 @@ def test_a_grammar_of_two_word_sentences_describes_trains_and_skips_task_b(tmp_p
   assert summary["tasks"]["C"]["defined_fraction"] == 1.0   # every sentence spans 2 words
   # Training: BERT masking's 5 predictions are capped at the 2 word positions.
   c = _config(4, **{"data.language": "pcfg", "data.pcfg.grammar_file": str(path)})
-  result = trainer.train(c, str(tmp_path / "run"))
+  result = wiring.train(c, str(tmp_path / "run"))
   assert np.isfinite(result.eval_metrics["loss_gap"])
 
 

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 
 from experiments import sweep
+from experiments import wiring
 from experiments.configs import continue_training
 from flatness.runtime import metric_writers
 from flatness.runtime import sharding
 from flatness.training import evaluation
-from flatness.training import trainer
 
 LOCK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                     "requirements", "lock.txt")
@@ -65,12 +65,13 @@ def test_lock_pins_every_numeric_package():
 def main_job_first_steps(workdir: str) -> dict[str, float]:
   runs = sweep.expand(continue_training.get_config("quickstart"))
   phase1 = runs[0].phase1.config
-  setup = trainer.build(phase1, mesh=sharding.make_mesh(1))   # the main job's one CPU device
-  result = trainer.train(phase1, workdir, setup=setup, stop_after=STEPS)
+  built = wiring.build(phase1, mesh=sharding.make_mesh(1))   # the main job's one CPU device
+  setup = built.setup
+  result = wiring.train(phase1, workdir, built=built, stop_after=STEPS)
   losses = {r["step"]: r["train/loss"] for r in metric_writers.read_jsonl(
       os.path.join(workdir, metric_writers.JSONL)) if "train/loss" in r}
   gap = evaluation.evaluate(setup.objective, result.state.params,
-                            trainer.make_validation(setup), mesh=setup.mesh,
+                            built.validation(), mesh=setup.mesh,
                             batch_size=int(phase1.train.eval_batch_size))["loss_gap"]
   return {"train/loss@100": losses[100], "train/loss@200": losses[200],
           "eval/loss_gap@200": float(gap)}

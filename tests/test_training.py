@@ -9,6 +9,7 @@ import pytest
 
 import resume_check
 from data_gen.markov import MarkovChain
+from experiments import wiring
 from experiments.configs import pretrain
 from flatness.runtime import checkpointing
 from flatness.runtime import metric_writers
@@ -30,7 +31,7 @@ def _small_config(**train):
 def test_tiny_reaches_the_closed_form_optimum(workdir):
   """The `tiny` variant trains to within 2% of the Markov chain's exact optimal loss."""
   c = pretrain.get_config("tiny")
-  result = trainer.train(c, workdir, setup=trainer.build(c, mesh=sharding.make_mesh(1)))
+  result = wiring.train(c, workdir, mesh=sharding.make_mesh(1))
   optimum = MarkovChain(seed=c.data.seed, **c.data.markov).optimal_mlm_loss()
   ev = result.eval_metrics
   assert ev["expected_ce"] <= 1.02 * optimum
@@ -41,9 +42,10 @@ def test_tiny_reaches_the_closed_form_optimum(workdir):
 
 def test_same_step_on_8_devices_and_on_1():
   c = _small_config()
-  setups = [trainer.build(c, mesh=sharding.make_mesh(n)) for n in (8, 1)]
+  built = [wiring.build(c, mesh=sharding.make_mesh(n)) for n in (8, 1)]
+  setups = [b.setup for b in built]
   assert setups[0].mesh.size == 8
-  source = trainer.make_source(setups[0])
+  source = built[0].source()
   batches = [source.batch(i) for i in range(3)]
   finals = []
   for s in setups:
@@ -64,8 +66,9 @@ def test_grad_accumulation_equals_full_batch():
   c = _small_config()
   c.model.dropout_rate = 0.0
   c.optimizer.update(name="sam", sam_base="adamw")
-  s = trainer.build(c, mesh=sharding.make_mesh(2))
-  batch = sharding.global_batch(trainer.make_source(s).batch(0), s.mesh)
+  b = wiring.build(c, mesh=sharding.make_mesh(2))
+  s = b.setup
+  batch = sharding.global_batch(b.source().batch(0), s.mesh)
   out = []
   for accum in (1, 4):
     state = s.create_state(jax.random.key(0))
@@ -87,8 +90,8 @@ def test_relative_workdir_saves_and_resumes(tmp_path, monkeypatch):
   """Orbax refuses relative paths, and only in its background thread: resolved up front."""
   monkeypatch.chdir(tmp_path)
   c = _small_config()
-  trainer.train(c, "runs/rel", stop_after=6)
-  assert trainer.train(c, "runs/rel").step == 12
+  wiring.train(c, "runs/rel", stop_after=6)
+  assert wiring.train(c, "runs/rel").step == 12
   assert checkpointing.Checkpointer("runs/rel/checkpoints").all_steps() == [6, 12]
 
 
@@ -98,14 +101,14 @@ def test_failed_background_save_stops_the_run(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   monkeypatch.setattr(checkpointing, "absolute", lambda d: d)   # orbax: path not absolute
   with pytest.raises(checkpointing.CheckpointSaveError, match="runs/bad/checkpoints"):
-    trainer.train(_small_config(), "runs/bad")
+    wiring.train(_small_config(), "runs/bad")
   steps = [r["step"] for r in metric_writers.read_jsonl("runs/bad/metrics.jsonl")]
   assert max(steps) < 12
 
 
 def test_tensorboard_reads_back_the_run(workdir):
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  trainer.train(_small_config(), workdir)
+  wiring.train(_small_config(), workdir)
   acc = event_accumulator.EventAccumulator(os.path.join(workdir, metric_writers.TB_DIR))
   acc.Reload()
   tags = set(acc.Tags()["scalars"])
@@ -119,8 +122,8 @@ def test_tensorboard_reads_back_the_run(workdir):
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(workdir):
   c = _small_config(num_steps=20)
-  s = trainer.build(c)
-  good = trainer.make_source(s)
+  b = wiring.build(c)
+  s, good = b.setup, b.source()
 
   def batches():
     for i in range(100):
@@ -133,7 +136,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(workdir):
 
   with pytest.raises(trainer.NonFiniteLossError, match="step 9.*checkpoint \\(6\\)"):
     trainer.train(c, workdir, setup=s, source=input_pipeline.IteratorSource(batches(), 16),
-                  loss_transform=poison)
+                  validation=b.validation(), loss_transform=poison)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   assert ckpt.all_steps() == [6]
   restored = ckpt.restore(6, s.abstract_state())
@@ -155,22 +158,22 @@ def test_bad_config_fails_at_start_naming_the_field(workdir, field, value, match
   section, name = field.split(".")
   c[section][name] = value
   with pytest.raises(ValueError, match=match):
-    trainer.train(c, workdir)
+    wiring.train(c, workdir)
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
 
 
 def test_incompatible_checkpoint_is_refused(workdir):
-  trainer.train(_small_config(num_steps=6), workdir)
+  wiring.train(_small_config(num_steps=6), workdir)
   c = _small_config(num_steps=12)
   c.model.hidden_size = 32
   with pytest.raises(checkpointing.IncompatibleCheckpointError, match="model.hidden_size"):
-    trainer.train(c, workdir)
+    wiring.train(c, workdir)
   # The old run is untouched and still resumable.
   assert checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [6]
 
 
 def _params(workdir, step):
-  setup = trainer.build(trainer.load_run_config(workdir))
+  setup = wiring.trained_run(workdir).setup
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
     restored = ckpt.restore(step, setup.abstract_state())
@@ -183,11 +186,11 @@ def test_phase_two_starts_from_the_source_checkpoint(tmp_path):
   """A two-phase run's step 0 is the source run's last checkpoint, bit for bit, with a
   fresh optimizer (here another one) and the data stream continued, not replayed."""
   first, second = str(tmp_path / "phase1"), str(tmp_path / "phase2")
-  trainer.train(_small_config(num_steps=6), first)
+  wiring.train(_small_config(num_steps=6), first)
   c = _small_config(num_steps=4, checkpoint_every=2, keep_every=2)
   c.optimizer.update(name="sgd", learning_rate=1e-2)
   c.init.workdir = first
-  trainer.train(c, second)
+  wiring.train(c, second)
   p1, meta1 = _params(first, 6)
   p2, meta2 = _params(second, 0)
   jax.tree.map(np.testing.assert_array_equal, p1, p2)
@@ -202,7 +205,7 @@ def test_phase_two_starts_from_the_source_checkpoint(tmp_path):
   c2.model.hidden_size = 32
   c2.init.workdir = first
   with pytest.raises(checkpointing.IncompatibleCheckpointError, match="init.workdir"):
-    trainer.train(c2, str(tmp_path / "other"))
+    wiring.train(c2, str(tmp_path / "other"))
   c2.model.hidden_size, c2.init.step = 16, 5
   with pytest.raises(FileNotFoundError, match="init.step"):
-    trainer.train(c2, str(tmp_path / "other2"))
+    wiring.train(c2, str(tmp_path / "other2"))

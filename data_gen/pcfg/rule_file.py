@@ -78,26 +78,40 @@ def parse_rules(lines, path="<rules>"):
   return start, rules, first_line
 
 
+def _children(rhs):
+  return () if rhs[0] == "emit" else rhs[1:]
+
+
 def _check(path, start, rules, first_line, tolerance, strict):
+  """Every check of a parsed grammar; each failure names its line."""
+  _check_sums_and_symbols(path, rules, first_line, tolerance)
+  _check_reachable(path, start, rules, first_line, strict)
+  _check_productive(path, rules, first_line)
+  _check_unary_cycles(path, rules)
+
+
+def _check_sums_and_symbols(path, rules, first_line, tolerance):
+  """Each symbol's rules sum to 1; every symbol on a right-hand side has rules."""
   for lhs, rhs_map in rules.items():
     total = sum(p for p, _ in rhs_map.values())
     if abs(total - 1.0) > tolerance:
       _fail(path, first_line[lhs], f"the rules of {lhs} sum to {total:.6g}, not 1 "
                                    f"(tolerance {tolerance:g})")
     for rhs, (_, line) in rhs_map.items():
-      if rhs[0] != "emit":
-        for sym in rhs[1:]:
-          if sym not in rules:
-            _fail(path, line, f"symbol {sym} (on the right of {lhs}) has no rules of its own")
-  # Reachability from the start symbol.
+      for sym in _children(rhs):
+        if sym not in rules:
+          _fail(path, line, f"symbol {sym} (on the right of {lhs}) has no rules of its own")
+
+
+def _check_reachable(path, start, rules, first_line, strict):
+  """Symbols unreachable from the start: an error when ``strict``, else a warning."""
   seen, todo = {start}, [start]
   while todo:
     for rhs in rules[todo.pop()]:
-      if rhs[0] != "emit":
-        for sym in rhs[1:]:
-          if sym not in seen:
-            seen.add(sym)
-            todo.append(sym)
+      for sym in _children(rhs):
+        if sym not in seen:
+          seen.add(sym)
+          todo.append(sym)
   for lhs in rules:
     if lhs not in seen:
       message = f"symbol {lhs} is unreachable from the start symbol {start}"
@@ -105,7 +119,11 @@ def _check(path, start, rules, first_line, tolerance, strict):
         _fail(path, first_line[lhs], message)
       logging.warning("%s:%d: %s (kept: task labels consider every left-hand side)", path,
                       first_line[lhs], message)
-  # Productivity: a symbol is productive if one rule has only productive children.
+
+
+def _check_productive(path, rules, first_line):
+  """Every symbol derives a finite sentence: one of its rules of positive probability has
+  only productive children (a fixed point from the emitting symbols up)."""
   productive = set()
   changed = True
   while changed:
@@ -114,7 +132,7 @@ def _check(path, start, rules, first_line, tolerance, strict):
       if lhs in productive:
         continue
       for rhs, (p, _) in rhs_map.items():
-        if p > 0 and (rhs[0] == "emit" or all(s in productive for s in rhs[1:])):
+        if p > 0 and all(s in productive for s in _children(rhs)):
           productive.add(lhs)
           changed = True
           break
@@ -122,7 +140,10 @@ def _check(path, start, rules, first_line, tolerance, strict):
   if dead:
     listed = ", ".join(f"{lhs} (line {line})" for line, lhs in dead)
     _fail(path, dead[0][0], f"symbols that derive no finite sentence (unproductive): {listed}")
-  # Unary cycles.
+
+
+def _check_unary_cycles(path, rules):
+  """No cycle of unary rules of positive probability (its mass would never terminate)."""
   state = {}
 
   def visit(sym, trail):

@@ -23,12 +23,18 @@ def make(name: str, pre: ml_collections.ConfigDict, *, measure_variant="trace",
   c.pretrain = pre
   c.measure = measure.get_config(measure_variant)
   c.downstream = downstream.get_config(downstream_variant)
+  # The evaluators of each kept checkpoint, in one pass with the params restored once
+  # (experiments.wiring.EVALUATORS): loss (the exact loss gap, at every checkpoint whatever
+  # pretrain.train.eval_every is), curvature (the `measure` section), downstream (probes
+  # and the lookup table, the `downstream` section).
+  c.evals = ("loss", "curvature", "downstream")
   # tolerance: loss gap (nats) under which checkpoints are compared ("same loss");
   # evaluate: all | within_tolerance (measure and probe only those checkpoints).
   # probe: all | ends (probes at each run's last checkpoint, and at its first unless an
   # earlier run of the sweep started from the same phase-1 checkpoint).
+  # drift_window (mechanism): steps over which the drift report fits initial rates; 0: none.
   c.analysis = ml_collections.ConfigDict(dict(tolerance=tolerance, num_bootstrap=1000,
-                                              evaluate="all", probe="all"))
+                                              evaluate="all", probe="all", drift_window=0.0))
   c.sweep = tuple(sweep)
   # Two-phase experiments (`converge_first`): the targets / optimizer / train sections of
   # phase 1, which trains each model and seed to the optimum before the sweep's recipes

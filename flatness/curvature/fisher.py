@@ -34,7 +34,6 @@ over predictions ``n`` (masked positions, weights ``w_n``):
 ``logits_fn(params, *batch) -> (logits [..., V], weights [...])``. Units: loss
 units per parameter unit squared, as the Hessian trace.
 """
-import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -42,13 +41,14 @@ import jax.numpy as jnp
 
 from flatness.curvature import hessian as hs
 from flatness.curvature.trace import TraceEstimate
+from flatness.runtime import fn_cache
 
 
 def _nll(logits, labels):
   return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1)[..., 0]
 
 
-@functools.lru_cache(maxsize=32)
+@fn_cache.per_function(maxsize=32)
 def _fisher_signs_fn(logits_fn, with_batch):
   def one(params, key, *batch):
     k_y, k_r = jax.random.split(key)
@@ -64,7 +64,7 @@ def _fisher_signs_fn(logits_fn, with_batch):
   return jax.jit(jax.vmap(one, in_axes=(None, 0) + ((None,) if with_batch else ())))
 
 
-@functools.lru_cache(maxsize=32)
+@fn_cache.per_function(maxsize=32)
 def _fisher_per_example_fn(logits_fn, with_batch):
   def one(params, key, *batch):
     logits, w = logits_fn(params, *batch)
@@ -83,7 +83,7 @@ def _fisher_per_example_fn(logits_fn, with_batch):
   return jax.jit(jax.vmap(one, in_axes=(None, 0) + ((None,) if with_batch else ())))
 
 
-@functools.lru_cache(maxsize=32)
+@fn_cache.per_function(maxsize=32)
 def _ggn_fn(logits_fn, kind, with_batch):
   def one(params, key, *batch):
     v = hs.probe(key, params, kind)
@@ -94,7 +94,7 @@ def _ggn_fn(logits_fn, kind, with_batch):
   return jax.jit(jax.vmap(one, in_axes=(None, 0) + ((None,) if with_batch else ())))
 
 
-@functools.lru_cache(maxsize=32)
+@fn_cache.per_function(maxsize=32)
 def _noise_signs_fn(logits_fn, targets_fn, include):
   def one(params, key, batch):
     (logits, w), pullback = jax.vjp(lambda p: logits_fn(p, batch), params)

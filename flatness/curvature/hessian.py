@@ -1,3 +1,4 @@
+from flatness.runtime import fn_cache
 """Hessian-vector products, probes and parameter selections on params pytrees.
 
 Everything curvature-related starts here. A *loss* is either ``loss_fn(params)``
@@ -135,7 +136,7 @@ def mean_over_batches(fn, stacked):
   return jax.tree.map(lambda x: x / n, total)
 
 
-@functools.lru_cache(maxsize=64)
+@fn_cache.per_function(maxsize=64)
 def _matvec_fn(loss_fn, mask_leaves):
   """Cached jitted ``(params, v, stacked) -> H v`` of the mean loss (masked block)."""
   def matvec(params, v, stacked):

@@ -35,6 +35,7 @@ Metric names (all per nat of the MLM loss; parameter units squared for traces):
   loss             the loss on the fixed batches at that checkpoint
 """
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -45,70 +46,166 @@ from flatness.curvature import sharpness
 from flatness.curvature import spectrum
 from flatness.curvature import trace
 from flatness.model import enlargement
-from flatness.model import objectives
 from flatness.model import presets
 from flatness.model import tokens as tok
 from flatness.model.objectives import Objective
 from flatness.model.transformer import Transformer
-from flatness.runtime import checkpoint_walk
+from flatness.runtime import config_types
 from flatness.runtime import sharding
-from flatness.training import trainer
 
 
-def eval_batches(setup: trainer.Setup, num_batches: int, batch_size: int, seed: int) -> list:
-  """``num_batches`` independent batches of masked validation sentences, sharded over the mesh.
-
-  Batch ``i`` holds sentences ``i * batch_size ...`` of one seeded sample and
-  masks from ``key(seed * 1000 + i)``: the same batches for every checkpoint.
-  """
-  if batch_size % setup.mesh.size:
-    raise ValueError(f"measure.batch_size ({batch_size}) must be divisible by the "
-                     f"{setup.mesh.size} devices")
-  if num_batches < 1:
-    raise ValueError(f"measure.num_batches must be positive, got {num_batches}")
-  num_sentences = num_batches * batch_size
-  sents = setup.language.sample(np.random.default_rng([seed, 7919]), num_sentences)
-  width = tok.max_words(setup.model_cfg.seq_len)
-  batches = []
-  prepare = jax.jit(setup.objective.prepare)
-  rows = sharding.process_rows(batch_size)
-  for i, start in enumerate(range(0, num_sentences - batch_size + 1, batch_size)):
-    raw = dict(tokens=sents.tokens[start:start + batch_size, :width].astype(np.int32),
-               lengths=np.minimum(sents.lengths[start:start + batch_size], width).astype(np.int32))
-    prepared = prepare(jax.random.key(seed * 1000 + i), raw)
-    # lengths: what the exact targets of gradient_noise_exact need besides the masks.
-    prepared = dict(prepared, lengths=raw["lengths"])
-    local = {k: np.asarray(v)[rows] for k, v in prepared.items() if v is not None}
-    batches.append(sharding.global_batch(local, setup.mesh))
-  return batches
+@dataclasses.dataclass(frozen=True)
+class TraceSettings:
+  num_probes: int              # per batch
+  method: str                  # flatness.curvature.trace.METHODS
+  probe: str                   # rademacher | gaussian
+  chunk: int                   # probes per compiled pass
+  hvp: str                     # flatness.curvature.hessian.HVP_METHODS
 
 
-class Measurer:
-  """The configured metrics of one model family, on one evaluation set."""
+@dataclasses.dataclass(frozen=True)
+class Iterations:
+  num_iters: int
 
-  def __init__(self, setup: trainer.Setup, cfg, batches):
-    self.setup, self.cfg, self.batches = setup, cfg, batches
-    self.fixed = batches[:max(1, int(cfg.fixed_batches))]
-    # A population error needs independent batches; with one batch it is conditional.
-    self.error = "population" if len(batches) >= 2 else "conditional"
-    obj = setup.objective
-    self.loss_fn = lambda params, batch: obj.loss(params, batch)
-    self.logits_fn = lambda params, batch: (obj.logits(params, batch), batch["weights"])
-    self.include = hs.paper_selection if cfg.get("include", "paper") == "paper" else None
+
+@dataclasses.dataclass(frozen=True)
+class Samples:
+  num_samples: int             # per batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Probes:
+  num_probes: int              # per batch
+
+
+@dataclasses.dataclass(frozen=True)
+class SharpnessSettings:
+  rho: float                   # worst-case radius
+  steps: int                   # ascent steps of the worst case
+  sigma: float                 # average case: std of the Gaussian perturbation
+  num_samples: int             # average case: antithetic pairs per batch
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureConfig:
+  """The ``measure`` section (`experiments/configs/measure.py` documents each field)."""
+  metrics: tuple
+  num_batches: int
+  batch_size: int
+  fixed_batches: int
+  seed: int
+  include: str                 # paper | all
+  force: bool
+  enlarge_to: str
+  trace: TraceSettings
+  eigen: Iterations
+  fisher: Samples
+  gradient_noise: Samples
+  ggn: Probes
+  sharpness: SharpnessSettings
+
+  def __post_init__(self):
     unknown = set(self.metrics) - set(METRICS)
     if unknown:
       raise ValueError(f"measure.metrics: unknown {sorted(unknown)}; choose from {METRICS}")
+    if self.include not in ("paper", "all"):
+      raise ValueError(f"measure.include: {self.include!r}; choose 'paper' or 'all'")
+    if self.num_batches < 1:
+      raise ValueError(f"measure.num_batches must be positive, got {self.num_batches}")
+
+
+def measure_config(section) -> MeasureConfig:
+  """``config.measure`` typed (``metrics`` as "a,b" or a sequence becomes a tuple)."""
+  if isinstance(section, MeasureConfig):
+    return section
+  fields = dict(section)
+  if "metrics" in fields:
+    fields["metrics"] = tuple(metric_names(fields["metrics"]))
+  return config_types.from_section(MeasureConfig, fields, "measure")
+
+
+def eval_batches(objective: Objective, mesh, tokens, lengths, num_batches: int,
+                 batch_size: int, seed: int) -> list:
+  """``num_batches`` independent batches of masked sentences, sharded over the mesh.
+
+  ``tokens [N, L], lengths [N]``: at least ``num_batches * batch_size`` sentences
+  of the evaluation distribution (`experiments.wiring` draws them from the run's
+  language, seeded). Batch ``i`` holds sentences ``i * batch_size ...`` and masks
+  from ``key(seed * 1000 + i)``: the same batches for every checkpoint.
+  """
+  if batch_size % mesh.size:
+    raise ValueError(f"measure.batch_size ({batch_size}) must be divisible by the "
+                     f"{mesh.size} devices")
+  if num_batches < 1:
+    raise ValueError(f"measure.num_batches must be positive, got {num_batches}")
+  if len(lengths) < num_batches * batch_size:
+    raise ValueError(f"eval_batches: {len(lengths)} sentences for {num_batches} batches of "
+                     f"{batch_size}")
+  width = tok.max_words(objective.model.cfg.seq_len)
+  prepare = jax.jit(objective.prepare)
+  batches = []
+  for i in range(num_batches):
+    raw = tok.word_batch(tokens, lengths, np.arange(i * batch_size, (i + 1) * batch_size), width)
+    prepared = prepare(jax.random.key(seed * 1000 + i), raw)
+    # lengths: what the exact targets of gradient_noise_exact need besides the masks.
+    prepared = dict(prepared, lengths=raw["lengths"])
+    batches.append(sharding.shard_batch(
+        {k: np.asarray(v) for k, v in prepared.items() if v is not None}, mesh))
+  return batches
+
+
+@functools.lru_cache(maxsize=8)
+def _functions(objective: Objective):
+  """(loss_fn, logits_fn) of an objective: one pair of function objects per objective
+  (compared by value), so that the estimators' compiled programs, cached per function
+  (`flatness.runtime.fn_cache`), serve every run of the same model."""
+  def loss_fn(params, batch):
+    return objective.loss(params, batch)
+
+  def logits_fn(params, batch):
+    return objective.logits(params, batch), batch["weights"]
+
+  return loss_fn, logits_fn
+
+
+@functools.lru_cache(maxsize=8)
+def _one_hot(vocab: int):
+  """The sampled labels as targets (one function object per vocabulary, as above)."""
+  return lambda b: jax.nn.one_hot(b["labels"], vocab)
+
+
+class Measurer:
+  """The configured metrics of one model family, on one evaluation set; a checkpoint
+  evaluator (`flatness.runtime.checkpoint_walk`) writing under ``curvature/``.
+
+  ``exact_targets``: ``(prepared, raw) -> [B, P, V]`` exact conditionals of a prepared
+  batch (`data_gen.bert_targets.exact_targets`), needed by ``gradient_noise_exact`` only.
+  """
+  prefix = "curvature"
+
+  def __init__(self, objective: Objective, cfg, batches, *, exact_targets=None):
+    cfg = measure_config(cfg)
+    self.objective, self.cfg, self.batches = objective, cfg, batches
+    self.model_cfg = objective.model.cfg
+    self.fixed = batches[:max(1, cfg.fixed_batches)]
+    # A population error needs independent batches; with one batch it is conditional.
+    self.error = "population" if len(batches) >= 2 else "conditional"
+    self.loss_fn, self.logits_fn = _functions(objective)
+    self.include = hs.paper_selection if cfg.include == "paper" else None
     self.large = self._enlarged_loss() if "trace_enlarged" in self.metrics else None
-    vocab = setup.model_cfg.vocab_size
-    self.targets = {"gradient_noise": lambda b: jax.nn.one_hot(b["labels"], vocab)}
+    vocab = self.model_cfg.vocab_size
+    self.targets = {"gradient_noise": _one_hot(vocab)}
     if "gradient_noise_exact" in self.metrics:
-      exact = objectives.exact_targets(setup.language, obj)
-      self.targets["gradient_noise_exact"] = lambda b: exact(b, b)
+      if exact_targets is None:
+        raise ValueError("measure.metrics: gradient_noise_exact needs the exact targets of "
+                         "the run's language (a masked LM on pcfg, hmm or markov)")
+      self.targets["gradient_noise_exact"] = lambda b: exact_targets(b, b)
+    self.required = self.metrics
 
   def _enlarged_loss(self):
     """(large config, loss of the architecture ``enlarge_to``), built once so that the
     compiled estimators are reused from checkpoint to checkpoint."""
-    target = self.cfg.get("enlarge_to", "")
+    target = self.cfg.enlarge_to
     if not target:
       raise ValueError("measure.enlarge_to: trace_enlarged needs a target architecture "
                        "(a preset name, or hidden,layers,heads,mlp)")
@@ -117,19 +214,21 @@ class Measurer:
     else:
       h, l, n, f = (int(x) for x in str(target).split(","))
       fields = dict(hidden_size=h, num_layers=l, num_heads=n, mlp_dim=f)
-    large = dataclasses.replace(self.setup.model_cfg, **fields)
-    enlargement.check_compatible(self.setup.model_cfg, large)
-    obj = Objective(Transformer(large), self.setup.objective.spec)
-    return large, lambda p, batch: obj.loss(p, batch)
+    large = dataclasses.replace(self.model_cfg, **fields)
+    enlargement.check_compatible(self.model_cfg, large)
+    return large, _functions(Objective(Transformer(large), self.objective.spec))[0]
 
   @property
   def metrics(self) -> list[str]:
-    m = self.cfg.metrics
-    return [x.strip() for x in m.split(",")] if isinstance(m, str) else list(m)
+    return list(self.cfg.metrics)
 
-  def __call__(self, params, key) -> dict:
+  def __call__(self, params, step: int = 0, *, key=None) -> dict:
     """Every configured metric at ``params``; metric i draws its randomness from the i-th
-    of 16 keys split from ``key`` (so adding a metric never changes the others)."""
+    of 16 keys split from ``key`` (so adding a metric never changes the others), by
+    default ``key(measure.seed)`` at every ``step``: checkpoints are compared on paired
+    probes."""
+    del step
+    key = jax.random.key(self.cfg.seed) if key is None else key
     keys = iter(jax.random.split(key, 16))
     out = {}
     for name in self.metrics:
@@ -143,7 +242,7 @@ class Measurer:
     c, loss_fn, point = self.cfg, self.loss_fn, params
     if name == "trace_enlarged":
       large, loss_fn = self.large
-      point = enlargement.enlarge(params, self.setup.model_cfg, large)
+      point = enlargement.enlarge(params, self.model_cfg, large)
     # Hutch++ / XTrace work on the mean Hessian over the batches: conditional errors.
     error = self.error if c.trace.method == "hutchinson" else "conditional"
     est = trace.hessian_trace(loss_fn, point, key, num_probes=c.trace.num_probes,
@@ -206,11 +305,8 @@ class Measurer:
 METRICS = tuple(Measurer._METRICS)   # pylint: disable=protected-access
 
 
-def measure_run(workdir: str, cfg, *, steps=None, mesh=None) -> dict[int, dict]:
-  """Measures every checkpoint of a run (or ``steps``); returns {step: metrics}."""
-  def make(setup):
-    measurer = Measurer(setup, cfg, eval_batches(setup, int(cfg.num_batches),
-                                                 int(cfg.batch_size), int(cfg.seed)))
-    return measurer.metrics, lambda params, step: measurer(params, jax.random.key(cfg.seed))
-  return checkpoint_walk.walk(workdir, "curvature", make, steps=steps,
-                              force=cfg.get("force", False), mesh=mesh)
+def metric_names(metrics) -> list[str]:
+  """``measure.metrics`` ("a,b" or a sequence) as a list of names."""
+  if isinstance(metrics, str):
+    return [x.strip() for x in metrics.split(",") if x.strip()]
+  return list(metrics)

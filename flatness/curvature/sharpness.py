@@ -17,16 +17,16 @@ A loss is ``loss_fn(params)`` or ``loss_fn(params, batch)`` averaged over
 ``batches`` (visited one at a time). ``include`` restricts the perturbation to
 some parameters, as in `flatness.curvature.trace`.
 """
-import functools
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from flatness.curvature import hessian as hs
+from flatness.runtime import fn_cache
 
 
-@functools.lru_cache(maxsize=32)
+@fn_cache.per_function(maxsize=32)
 def _mean_fns(loss_fn):
   def value(params, stacked):
     return hs.mean_over_batches(
@@ -92,7 +92,7 @@ def worst_case_sharpness(loss_fn: Callable, params, key, rho: float, *, steps: i
   return max(best, loss.value(perturb(delta)) - base)
 
 
-@functools.lru_cache(maxsize=32)
+@fn_cache.per_function(maxsize=32)
 def _antithetic_fn(loss_fn, mask_leaves, sigma, with_batch):
   """Jitted ``(params, keys [c], *batch) -> [c]`` of ``(L(θ+σε) + L(θ-σε)) / 2 - L(θ)``."""
   def one(params, key, *batch):

@@ -14,7 +14,6 @@
   come back with standard errors over probes.
 """
 import dataclasses
-import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -23,9 +22,10 @@ import numpy as np
 from matfree import decomp
 
 from flatness.curvature import hessian as hs
+from flatness.runtime import fn_cache
 
 
-@functools.lru_cache(maxsize=32)
+@fn_cache.per_function(maxsize=32)
 def _tridiagonal_fn(loss_fn, mask_leaves, num_iters):
   """Cached jitted Lanczos: ``(params, v0, stacked batches) -> tridiagonal matrix``."""
   matvec = hs._matvec_fn(loss_fn, mask_leaves)   # pylint: disable=protected-access

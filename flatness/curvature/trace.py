@@ -34,7 +34,6 @@ unit^2 for our losses), estimated by Hutchinson's method.
 ``num_matvecs`` counts Hessian-vector products (one per batch per vector).
 """
 import dataclasses
-import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -43,6 +42,7 @@ import numpy as np
 from matfree import stochtrace
 
 from flatness.curvature import hessian as hs
+from flatness.runtime import fn_cache
 
 METHODS = ("hutchinson", "hutchpp", "xtrace")
 
@@ -62,7 +62,7 @@ class TraceEstimate:
     return out
 
 
-@functools.lru_cache(maxsize=64)
+@fn_cache.per_function(maxsize=64)
 def _forms(loss_fn, kind, mask_leaves, id_leaves, num_modules, with_batch,
            hvp_method="forward_over_reverse"):
   """Cached jitted ``(params, keys [c], *batch) -> [c, modules]`` of ``sum_module v * Hv``."""

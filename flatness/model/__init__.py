@@ -9,7 +9,7 @@
   enlargement   function-preserving enlargement into a wider, deeper model
   flops         matmul FLOPs of a training step
 
-Imports: nothing else of flatness except `flatness.runtime`.
+Imports: nothing else of flatness.
 """
 from flatness.model.objectives import Objective
 from flatness.model.transformer import Transformer, TransformerConfig, init_params, param_count

@@ -13,7 +13,7 @@ Units: nats per predicted token.
 **Targets** (``config.targets``). With ``"sampled"`` (the default, BERT's) the
 loss at a predicted position ``i`` is ``-log p_theta(x_i | y)``: the word the
 generator drew, given the corrupted input ``y`` the model sees. With
-``"exact"`` (`training_targets`) it is the cross-entropy against the exact
+``"exact"`` (`data_gen.bert_targets.exact_targets`) it is the cross-entropy against the exact
 conditional of that word,
 
     l_i(theta) = -sum_v q_i(v) log p_theta(v | y),   q_i(v) = P(x_i = v | y, i in S),
@@ -43,7 +43,6 @@ random word or kept word at each of its positions; `data_gen.bert_targets`).
 the sampled loss's; ``train/accuracy`` still scores the drawn word.
 """
 import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -77,7 +76,7 @@ def nll_terms(logits, labels, weights, targets=None):
 
   ``nll_sum = sum_p w_p l_p`` with ``l_p = -log softmax(logits_p)[labels_p]``,
   or with target distributions ``targets`` [..., V] the cross-entropy
-  ``l_p = -sum_v targets_p(v) log softmax(logits_p)(v)`` (`training_targets`);
+  ``l_p = -sum_v targets_p(v) log softmax(logits_p)(v)`` (exact targets);
   ``correct_sum`` counts argmax hits of ``labels`` either way.
   """
   if targets is None:
@@ -119,7 +118,7 @@ class Objective:
   def loss_terms(self, params, batch, dropout_rng=None):
     """Sums over the batch: nll_sum, weight_sum (number of predictions), correct_sum.
 
-    A batch with ``targets`` [B, P, V] (`training_targets`) is scored against
+    A batch with ``targets`` [B, P, V] (exact targets) is scored against
     those distributions instead of its one-hot ``labels``.
     """
     return nll_terms(self.logits(params, batch, dropout_rng), batch["labels"],
@@ -129,44 +128,3 @@ class Objective:
     """Mean cross-entropy per prediction (nats). Deterministic without a dropout rng."""
     t = self.loss_terms(params, batch, dropout_rng)
     return t["nll_sum"] / jnp.maximum(t["weight_sum"], 1.0)
-
-
-def exact_targets(language, objective: Objective, dtype=jnp.float32) -> Callable:
-  """``(prepared, raw) -> [B, P, model vocab]``: the exact targets of a prepared MLM batch.
-
-  ``prepared`` is `Objective.prepare`'s output (the corrupted ``ids`` and the
-  selected ``positions``), ``raw`` the word batch (its ``lengths``). Row ``p``
-  is ``P(x_i = v | y, i in S)`` at the word ``i`` of ``positions[:, p]``, zero
-  on the special tokens and on padding predictions (weight 0). A pure JAX
-  function of the generator's tensors (in ``dtype``): it runs inside the jitted
-  step, for the masks that step drew.
-  """
-  # Imported here: data_gen imports flatness.model.masking, whose package imports this module.
-  from data_gen import bert_targets  # pylint: disable=g-import-not-at-top
-  if objective.causal:
-    raise ValueError("needs the masked-LM objective (model.causal=False); causal runs take "
-                     "targets='sampled'")
-  targets = bert_targets.BertTargets(language, objective.spec, dtype)
-  width = language.max_length
-
-  def fn(prepared, raw):
-    words = prepared["ids"][:, 1:width + 1]       # the corrupted sentence, words only
-    q = targets(jnp.clip(words - tok.NUM_SPECIAL, 0), words == tok.MASK, raw["lengths"])
-    at = jnp.clip(prepared["positions"] - 1, 0, width - 1)
-    q = jnp.take_along_axis(q, at[..., None], axis=1)                    # [B, P, V]
-    q = jnp.where(prepared["weights"][..., None] > 0, q, 0.0)
-    return jnp.pad(q, ((0, 0), (0, 0), (tok.NUM_SPECIAL, 0)))
-
-  return fn
-
-
-def training_targets(kind: str, language, objective: Objective) -> Callable | None:
-  """``config.targets`` -> the step's target function (None: the sampled words)."""
-  if kind not in TARGETS:
-    raise ValueError(f"targets: unknown value {kind!r}; choose 'sampled' or 'exact'")
-  if kind == "sampled":
-    return None
-  try:
-    return exact_targets(language, objective)
-  except ValueError as e:
-    raise ValueError(f"targets='exact': {e}") from e

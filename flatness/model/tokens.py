@@ -8,6 +8,7 @@ A sentence of ``n`` words becomes ``[CLS] w_1 .. w_n [SEP] [PAD] ..`` of
 beginning-of-sentence and ``[SEP]`` of end-of-sentence.
 """
 import jax.numpy as jnp
+import numpy as np
 
 PAD = 0
 CLS = 1
@@ -56,3 +57,10 @@ def word_mask(lengths, seq_len: int):
   pos = jnp.arange(seq_len)[None, :]
   n = jnp.asarray(lengths)[:, None]
   return (pos >= 1) & (pos <= n)
+
+
+def word_batch(tokens, lengths, rows, width: int) -> dict:
+  """Rows ``rows`` of a sentence set as a model's word batch: int32 ``tokens [n, width]``
+  (longer sentences cut to ``width`` words) and their ``lengths``, capped to match."""
+  return dict(tokens=np.asarray(tokens)[rows, :width].astype(np.int32),
+              lengths=np.minimum(np.asarray(lengths)[rows], width).astype(np.int32))

@@ -6,6 +6,8 @@
   checkpointing    orbax checkpoints with the data position; damaged ones set aside
   checkpoint_walk  one evaluation pass over a run's checkpoints
   compile_cache    the persistent compilation cache
+  fn_cache         compiled programs cached per function, with a warning on fresh closures
+  config_types     config sections into frozen dataclasses, once, at the boundary
   cli, logs        entry points' one-line errors and quiet logging
 
 Imports: nothing else of flatness.

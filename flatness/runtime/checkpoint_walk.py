@@ -1,69 +1,108 @@
-"""Evaluate something at every checkpoint of a run, once: shared by measure and downstream.
+"""One evaluation pass over a run's checkpoints: params restored once, every evaluator run.
 
-`walk` restores each checkpoint of a training run, calls an evaluator on its
-params and writes the returned scalars under a tag prefix next to the run's
-training metrics (TensorBoard and ``metrics.jsonl``, at the checkpoint's step).
-A step whose metrics are all there already is skipped, so an interrupted
-evaluation continues where it stopped and new checkpoints of a still-running
-training job are picked up by rerunning. A checkpoint whose files do not read
-is skipped with a warning naming the file.
+An evaluator is any object with
+
+  prefix     the tag prefix its metrics are written under (``eval``, ``curvature``, ...)
+  required   the tags (without prefix) whose presence marks a step as done
+  __call__(params, step) -> {tag: value}
+
+(`flatness.training.evaluation.LossEvaluator`, `flatness.curvature.measure.Measurer`,
+`flatness.transfer.downstream.Evaluator`). `walk` visits each kept checkpoint,
+restores its params only (no optimizer state: `Checkpointer.restore_params`) when
+some evaluator still has work there, and runs the evaluators in their order,
+writing each one's metrics under its prefix next to the run's training metrics
+(TensorBoard and ``metrics.jsonl``, at the checkpoint's step) as soon as they
+are computed. An `Entry` may restrict its evaluator to some steps, or make it
+depend on what is known at the step (e.g. only checkpoints whose loss gap, just
+computed by the evaluator before it, is within a tolerance). A step whose
+metrics are all there already is skipped, so an interrupted pass continues where
+it stopped and new checkpoints of a still-running training job are picked up by
+rerunning. A checkpoint whose files do not read is skipped with a warning naming
+the file.
 """
+import dataclasses
 import os
-from typing import Callable
+from typing import Any, Callable, Collection, Sequence
 
 from absl import logging
 
 from flatness.runtime import checkpointing
 from flatness.runtime import metric_writers
-from flatness.training import trainer
+
+
+@dataclasses.dataclass
+class Entry:
+  """An evaluator in the pass, and at which checkpoints it runs.
+
+  steps: only these steps (None: every kept checkpoint);
+  when: ``(step, row) -> bool``, where ``row`` holds every metric known at the step
+    (from ``metrics.jsonl`` and from the evaluators before this one in the pass).
+  """
+  evaluator: Any
+  steps: Collection[int] | None = None
+  when: Callable[[int, dict], bool] | None = None
+
+  def tags(self) -> list[str]:
+    return [f"{self.evaluator.prefix}/{t}" for t in self.evaluator.required]
+
+
+def known_rows(workdir: str) -> dict[int, dict]:
+  """{step: every metric written at that step} from the run's ``metrics.jsonl``."""
+  path = os.path.join(workdir, metric_writers.JSONL)
+  rows: dict[int, dict] = {}
+  if os.path.exists(path):
+    for rec in metric_writers.read_jsonl(path):
+      rows.setdefault(int(rec["step"]), {}).update(rec)
+  return rows
 
 
 def done_steps(workdir: str, tags) -> set[int]:
   """Steps at which every one of ``tags`` has been written to ``metrics.jsonl``."""
-  path = os.path.join(workdir, metric_writers.JSONL)
-  if not os.path.exists(path):
-    return set()
-  have: dict[int, set] = {}
-  for rec in metric_writers.read_jsonl(path):
-    have.setdefault(rec["step"], set()).update(rec)
-  return {s for s, keys in have.items() if all(t in keys for t in tags)}
+  return {s for s, row in known_rows(workdir).items() if all(t in row for t in tags)}
 
 
-def walk(workdir: str, prefix: str, make_evaluator: Callable, *, steps=None, force=False,
-         mesh=None) -> dict[int, dict]:
-  """Runs ``make_evaluator(setup) -> (required_tags, evaluate(params, step) -> dict)``.
+def walk(workdir: str, abstract_params, entries: Sequence[Entry], *, steps=None,
+         force: bool = False) -> dict[int, dict]:
+  """Runs every entry's evaluator at every kept checkpoint of the run (or ``steps``).
 
-  Tags are written as ``{prefix}/{name}``; ``required_tags`` (without prefix)
-  decide whether a step was already done. Returns {step: metrics} of the steps
-  evaluated now.
+  ``abstract_params``: shapes, dtypes and shardings of the model's params. ``force``
+  redoes steps already done. Returns {step: metrics with prefixes} computed now.
   """
-  setup = trainer.build(trainer.load_run_config(workdir), mesh=mesh)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   available = ckpt.all_steps()
   if not available:
     ckpt.close()
     raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
   wanted = available if not steps else [s for s in available if s in set(steps)]
-  required, evaluate = make_evaluator(setup)
-  done = set() if force else done_steps(workdir, [f"{prefix}/{t}" for t in required])
+  rows = known_rows(workdir)
   writer = metric_writers.MetricWriter(workdir)
-  results = {}
+  results: dict[int, dict] = {}
   try:
     for step in wanted:
-      if step in done:
-        logging.info("%s step %d: already done", prefix, step)
+      row = dict(rows.get(step, {}))
+      todo = [e for e in entries if (e.steps is None or step in e.steps)
+              and (force or not all(t in row for t in e.tags()))]
+      if not todo:
+        logging.info("step %d: already evaluated", step)
         continue
-      try:
-        state = ckpt.restore(step, setup.abstract_state()).state
-      except checkpointing.DamagedCheckpointError as e:
-        logging.warning("%s step %d: skipped, the checkpoint does not read: %s", prefix, step, e)
-        continue
-      metrics = evaluate(state.params, step)
-      writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in metrics.items()})
-      writer.flush()
-      logging.info("%s step %d: %s", prefix, step,
-                   " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.count("/") < 2))
-      results[step] = metrics
+      params = None       # restored at the first evaluator that runs here
+      for entry in todo:
+        if entry.when is not None and not entry.when(step, row):
+          continue
+        if params is None:
+          try:
+            params = ckpt.restore_params(step, abstract_params)
+          except checkpointing.DamagedCheckpointError as e:
+            logging.warning("step %d: skipped, the checkpoint does not read: %s", step, e)
+            break
+        metrics = {f"{entry.evaluator.prefix}/{k}": v
+                   for k, v in entry.evaluator(params, step).items()}
+        writer.write_scalars(step, metrics)
+        writer.flush()
+        row.update(metrics)
+        results.setdefault(step, {}).update(metrics)
+        logging.info("step %d: %s", step, " ".join(
+            f"{k}={v:.4g}" for k, v in metrics.items() if k.count("/") < 3))
   finally:
     writer.close()
     ckpt.close()

@@ -200,6 +200,38 @@ class Checkpointer:
           f"{os.path.join(self.directory, str(step), 'state')}: {_reason(e)}") from e
     return Restored(state=out["state"], meta=meta)
 
+  def restore_params(self, step: int, abstract_params):
+    """Only the params of ``step``, into the shapes and shardings of ``abstract_params``.
+
+    What evaluation and the start of phase 2 need: the optimizer state (moments as
+    large as the params, for Adam twice) is neither read nor allocated, and its
+    structure need not match (a phase 2 may use another optimizer).
+    Raises `IncompatibleCheckpointError` when the saved params have another
+    structure, `DamagedCheckpointError` when the files do not read.
+    """
+    state_dir = epath.Path(self.directory) / str(step) / "state"
+    if not state_dir.exists():
+      raise DamagedCheckpointError(f"{state_dir}: missing (the checkpoint has no train state)")
+    try:
+      saved = self.manager.item_metadata(step)["state"]["params"]
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpointError(f"{state_dir}: {_reason(e)}") from e
+    want, have = _describe(abstract_params), _describe(saved)
+    if want != have:
+      paths = sorted({p for p, _ in set(want.items()) ^ set(have.items())})[:8]
+      raise IncompatibleCheckpointError(
+          f"the params at step {step} in {self.directory} do not match this model:\n"
+          + "\n".join(f"  {p}: checkpoint {have.get(p, 'absent')}, model {want.get(p, 'absent')}"
+                      for p in paths))
+    item = {"params": abstract_params}
+    try:
+      out = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True))
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpointError(f"{state_dir}: {_reason(e)}") from e
+    return out["params"]
+
   def restore_latest(self, abstract_state, check_meta: Callable[[dict], None] | None = None
                      ) -> Restored | None:
     """The newest checkpoint that reads; None when the directory holds none.

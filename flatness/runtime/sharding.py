@@ -45,3 +45,10 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local.items()}
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+  """A global batch that every process holds in full (numpy, rows on axis 0) -> global
+  `jax.Array`s sharded along the batch axis, each process contributing its rows."""
+  rows = process_rows(len(next(iter(batch.values()))))
+  return global_batch({k: np.asarray(v)[rows] for k, v in batch.items()}, mesh)

@@ -46,6 +46,11 @@ class AdversarialConfig:
   fit_fraction: float = 0.875
   features: str = "concat"  # what the head reads: concat (the probe's) | mean | cls
 
+  def __post_init__(self):
+    if self.features not in probe.FEATURES:
+      raise ValueError(f"adversarial.features: unknown {self.features!r}; choose from "
+                       f"{probe.FEATURES}")
+
 
 def ridge_validation_loss(features, labels, num_classes: int, *, ridge: float = 1e-3,
                           fit_fraction: float = 0.875):
@@ -68,8 +73,6 @@ def ridge_validation_loss(features, labels, num_classes: int, *, ridge: float = 
   return jnp.mean(jnp.sum((pred - y_val) ** 2, axis=-1))
 
 
-
-
 def make_loss_transform(objective: Objective, cfg: AdversarialConfig):
   """``(params, prepared, raw, rng, loss) -> loss - lam * R`` for `make_train_step`."""
   label_key = f"label_{cfg.task}"
@@ -85,22 +88,3 @@ def make_loss_transform(objective: Objective, cfg: AdversarialConfig):
     return loss - cfg.lam * r
 
   return transform
-
-
-def from_config(config, language, objective: Objective):
-  """(loss_transform, label tasks) from ``config.adversarial``; (None, ()) when off."""
-  adv = config.get("adversarial")
-  if adv is None or float(adv.get("lam", 0.0)) == 0.0:
-    return None, ()
-  tasks = language.tasks()
-  if adv.task not in tasks:
-    raise ValueError(f"adversarial.task: {adv.task!r} is not a task of this language; it has "
-                     f"{sorted(tasks) or 'none'}")
-  cfg = AdversarialConfig(task=adv.task, num_classes=tasks[adv.task].num_classes,
-                          lam=float(adv.lam), ridge=float(adv.get("ridge", 1e-3)),
-                          fit_fraction=float(adv.get("fit_fraction", 0.875)),
-                          features=str(adv.get("features", "concat")))
-  if cfg.features not in probe.FEATURES:
-    raise ValueError(f"adversarial.features: unknown {cfg.features!r}; choose from "
-                     f"{probe.FEATURES}")
-  return make_loss_transform(objective, cfg), (adv.task,)

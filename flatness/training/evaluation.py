@@ -56,15 +56,6 @@ class ValidationSet:
     lengths = np.array([min(len(r["tokens"]), width) for r in records], np.int32)
     return ValidationSet(tokens, lengths, conditionals=cond)
 
-  @staticmethod
-  def from_language(language, num: int, seed: int, causal: bool = False) -> "ValidationSet":
-    sents = language.sample(np.random.default_rng([seed, 2**31 - 1]), num)
-    if causal:
-      return ValidationSet(sents.tokens, sents.lengths,
-                           log_prob=language.log_prob(sents.tokens, sents.lengths))
-    cond = language.conditionals(sents.tokens, sents.lengths).astype(np.float32)
-    return ValidationSet(sents.tokens, sents.lengths, conditionals=cond)
-
 
 def _mlm_sums(objective: Objective, params, batch, with_cond: bool):
   cfg = objective.model.cfg
@@ -101,17 +92,15 @@ def evaluate(objective: Objective, params, val: ValidationSet, *, mesh, batch_si
   with_cond = val.conditionals is not None and not objective.causal
   fn = _compiled_eval(objective, mesh, with_cond)
   totals: dict[str, float] = {}
-  rows = sharding.process_rows(batch_size)
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size)
     valid = idx < n
     idx = np.where(valid, idx, 0)
-    local = dict(tokens=val.tokens[idx, :width], lengths=np.minimum(val.lengths[idx], width),
+    batch = dict(tok.word_batch(val.tokens, val.lengths, idx, width),
                  valid=valid.astype(np.float32))
     if with_cond:
-      local["cond"] = val.conditionals[idx, :width]
-    local = {k: v[rows] for k, v in local.items()}
-    sums = jax.device_get(fn(params, sharding.global_batch(local, mesh)))
+      batch["cond"] = val.conditionals[idx, :width]
+    sums = jax.device_get(fn(params, sharding.shard_batch(batch, mesh)))
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)
   count = max(totals["count"], 1.0)
@@ -126,6 +115,27 @@ def evaluate(objective: Objective, params, val: ValidationSet, *, mesh, batch_si
   return out
 
 
+class LossEvaluator:
+  """`evaluate` as a checkpoint evaluator (`flatness.runtime.checkpoint_walk`): the
+  metrics the training loop writes under ``eval/``, at every kept checkpoint, so that
+  each one has its loss gap whatever ``train.eval_every`` was."""
+  prefix = "eval"
+
+  def __init__(self, objective: Objective, validation: ValidationSet, *, mesh,
+               batch_size: int = 64):
+    self.objective, self.validation, self.mesh = objective, validation, mesh
+    self.batch_size = batch_size
+    exact = validation.conditionals is not None or validation.log_prob is not None
+    self.required = ["loss_gap"] if exact else ["loss"]
+
+  def __call__(self, params, step: int) -> dict:
+    del step
+    return evaluate(self.objective, params, self.validation, mesh=self.mesh,
+                    batch_size=self.batch_size)
+
+
+# Keyed on the objective (a frozen dataclass, compared by value) and the mesh: one
+# compilation per model, whichever caller evaluates it.
 @functools.lru_cache(maxsize=16)
 def _compiled_eval(objective: Objective, mesh, with_cond: bool):
   def fn(params, batch):

@@ -8,8 +8,8 @@ would. Each global batch is the same whatever the number of processes (process
 ``p`` feeds rows ``[p*b, (p+1)*b)`` of it), so one process and two processes
 train on identical data.
 
-* `LanguageStream`: fresh samples from a `data_gen` language forever (batch
-  ``i`` is drawn from ``default_rng([seed, i])``): the population loss.
+* `data_gen.stream.LanguageStream` (outside the library: it samples a language):
+  fresh sentences forever, batch ``i`` from ``default_rng([seed, i])``.
 * `ArraySource`: a finite dataset (arrays in memory, or any random-access
   source such as ``tfds.data_source``), reshuffled every epoch.
 * `IteratorSource`: any iterable of batches; resuming skips by consuming.
@@ -28,27 +28,6 @@ class BatchSource(Protocol):
 
   def batches(self, start: int) -> Iterator[dict]:
     ...
-
-
-class LanguageStream:
-  """Fresh i.i.d. sentences; ``labels`` names downstream tasks to label each batch with."""
-
-  def __init__(self, language, batch_size: int, seed: int, labels: Sequence[str] = ()):
-    self.language, self.batch_size, self.seed, self.labels = language, batch_size, seed, labels
-
-  def batch(self, index: int) -> dict:
-    sents = self.language.sample(np.random.default_rng([self.seed, index]), self.batch_size)
-    out = dict(tokens=sents.tokens.astype(np.int32), lengths=sents.lengths.astype(np.int32))
-    for name in self.labels:
-      out[f"label_{name}"] = np.asarray(self.language.task_labels(name, sents), np.int32)
-    rows = sharding.process_rows(self.batch_size)
-    return {k: v[rows] for k, v in out.items()}
-
-  def batches(self, start: int) -> Iterator[dict]:
-    i = start
-    while True:
-      yield self.batch(i)
-      i += 1
 
 
 def pad_records(records: Sequence[Mapping[str, Any]], width: int) -> dict:

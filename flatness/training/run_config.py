@@ -3,6 +3,7 @@
 Every check raises ``ValueError`` naming the offending config field, at start,
 before any state is created or anything in the workdir is touched.
 """
+import dataclasses
 import json
 from typing import Any, Mapping
 
@@ -10,6 +11,7 @@ from flatness.model import masking
 from flatness.model import presets
 from flatness.model import tokens as tok
 from flatness.model.transformer import TransformerConfig
+from flatness.runtime import config_types
 from flatness.training import optimizers
 
 MODEL_FIELDS = ("seq_len", "hidden_size", "num_layers", "num_heads", "mlp_dim", "dropout_rate",
@@ -23,48 +25,76 @@ def model_config(model: Mapping[str, Any], num_words: int, max_length: int) -> T
   and MLP width; ``'custom'`` takes them from the config. ``model.seq_len = 0``
   means the language's longest sentence plus [CLS] and [SEP].
   """
-  fields = {k: model[k] for k in MODEL_FIELDS if k in model}
-  preset = model.get("preset", "custom")
-  if preset != "custom":
-    fields.update(presets.preset_fields(preset))
-  if fields.get("seq_len", 0) == 0:
+  missing = [k for k in ("preset",) + MODEL_FIELDS if k not in model]
+  if missing:
+    raise ValueError(f"model: missing fields {missing}; experiments/configs/pretrain.py sets "
+                     "every one")
+  fields = {k: model[k] for k in MODEL_FIELDS}
+  if model["preset"] != "custom":
+    fields.update(presets.preset_fields(model["preset"]))
+  if fields["seq_len"] == 0:
     fields["seq_len"] = max_length + 2
   if fields["seq_len"] < max_length + 2:
     raise ValueError(f"model.seq_len ({fields['seq_len']}) is too short for this language's "
                      f"sentences of up to {max_length} words (+ [CLS] and [SEP])")
   for name in ("dtype", "param_dtype"):
-    if fields.get(name, "float32") not in ("float32", "bfloat16", "float16", "float64"):
+    if fields[name] not in ("float32", "bfloat16", "float16", "float64"):
       raise ValueError(f"model.{name}: unknown dtype {fields[name]!r}")
   return TransformerConfig(vocab_size=tok.model_vocab_size(num_words), **fields)
 
 
-def masking_spec(cfg: Mapping[str, Any] | None, max_words: int | None = None
-                 ) -> masking.MaskingSpec:
+def masking_spec(cfg: Mapping[str, Any], max_words: int | None = None) -> masking.MaskingSpec:
   """``config.masking``; ``max_predictions`` capped at ``max_words`` (the model's word
   positions): a sentence never has more predictions than words, and a grammar whose
   sentences are shorter than the configured maximum is still valid."""
-  fields = dict(cfg or {})
-  if max_words is not None and fields.get("max_predictions", 0) > max_words:
-    fields["max_predictions"] = max_words
-  return masking.MaskingSpec(**fields)
+  spec = config_types.from_section(masking.MaskingSpec, cfg, "masking")
+  if max_words is not None and spec.max_predictions > max_words:
+    spec = dataclasses.replace(spec, max_predictions=max_words)
+  return spec
 
 
-def check_train(config, num_devices: int) -> None:
-  """Checks ``config.train`` and ``config.optimizer`` against the device count."""
-  t = config.train
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The ``train`` section (`experiments/configs/pretrain.py` documents each field)."""
+  batch_size: int          # global, over all devices and processes
+  num_steps: int
+  grad_accum_steps: int
+  log_every: int
+  eval_every: int
+  eval_batch_size: int
+  checkpoint_every: int
+  max_to_keep: int
+  keep_every: int          # 0: none kept for ever
+  prefetch: int
+
+
+def train_config(section) -> TrainConfig:
+  """``config.train`` typed and checked (positive counts; the batch splits into its
+  micro-batches)."""
+  t = config_types.from_section(TrainConfig, section, "train")
   for name in ("batch_size", "num_steps", "grad_accum_steps", "log_every", "eval_every",
-               "checkpoint_every", "max_to_keep"):
-    if int(t[name]) <= 0:
-      raise ValueError(f"train.{name} must be positive, got {t[name]}")
+               "checkpoint_every", "max_to_keep", "eval_batch_size"):
+    if getattr(t, name) <= 0:
+      raise ValueError(f"train.{name} must be positive, got {getattr(t, name)}")
+  if t.keep_every < 0 or t.prefetch < 0:
+    raise ValueError(f"train.keep_every and train.prefetch must be >= 0, got {t.keep_every} "
+                     f"and {t.prefetch}")
   if t.batch_size % t.grad_accum_steps:
     raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by "
                      f"train.grad_accum_steps ({t.grad_accum_steps})")
+  return t
+
+
+def check_train(config, num_devices: int) -> None:
+  """Checks ``config.train`` and ``config.optimizer``, and the micro-batch against the
+  device count (training only: evaluation never reads the training batch)."""
+  t = train_config(config.train)
   micro = t.batch_size // t.grad_accum_steps
   if micro % num_devices:
     raise ValueError(f"train.batch_size ({t.batch_size}) / train.grad_accum_steps "
                      f"({t.grad_accum_steps}) = {micro} is not divisible by the {num_devices} "
                      "devices of the data mesh")
-  optimizers.make_optimizer(config.optimizer, int(t.num_steps))  # raises on a bad name/value
+  optimizers.make_optimizer(config.optimizer, t.num_steps)  # raises on a bad name/value
 
 
 def incompatible_fields(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -45,6 +45,47 @@ def _micro_batches(batch, accum: int):
   return jax.tree.map(split, batch)
 
 
+def _micro_objective(objective: Objective, loss_transform, total_weight, drop_rng, extra_rng):
+  """``(params, (prepared, raw) micro-batch, i) -> (objective, loss terms)``: the micro-batch's
+  share of the step's mean loss (sums over the whole batch's ``total_weight``, so that the
+  micro-batches add up to the full batch exactly), transformed by ``loss_transform``."""
+  def fn(params, mb, i):
+    prep, raw = mb
+    terms = objective.loss_terms(params, prep, jax.random.fold_in(drop_rng, i))
+    value = terms["nll_sum"] / total_weight
+    if loss_transform is not None:
+      # Rescale so that the transform sees this micro-batch's mean loss.
+      share = jnp.sum(prep["weights"]) / total_weight
+      mean = terms["nll_sum"] / jnp.maximum(jnp.sum(prep["weights"]), 1.0)
+      value = share * loss_transform(params, prep, raw, jax.random.fold_in(extra_rng, i), mean)
+    return value, terms
+  return fn
+
+
+def _accumulate(micro_objective, params, micro, accum: int):
+  """(gradient, summed loss terms) over the ``accum`` micro-batches, by `lax.scan`: one
+  micro-batch's activations in memory at a time."""
+  def body(carry, xs):
+    i, mb = xs
+    (value, terms), g = jax.value_and_grad(micro_objective, has_aux=True)(params, mb, i)
+    grads, sums = carry
+    terms = dict(terms, objective=value)
+    return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, terms)), None
+  zeros = (jax.tree.map(jnp.zeros_like, params),
+           dict(nll_sum=0.0, weight_sum=0.0, correct_sum=0.0, objective=0.0))
+  (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+  return grads, sums
+
+
+def _prepare(objective: Objective, targets, rng, batch) -> dict:
+  """The objective's model inputs for a raw batch (masks drawn from ``rng``), with the
+  exact targets when training on them."""
+  prepared = {k: v for k, v in objective.prepare(rng, batch).items() if v is not None}
+  if targets is not None:
+    prepared["targets"] = targets(prepared, batch)
+  return prepared
+
+
 def make_train_step(objective: Objective, tx: optax.GradientTransformationExtraArgs, *,
                     schedule: Callable[[Any], Any] | None = None,
                     grad_accum_steps: int = 1,
@@ -62,50 +103,28 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformationExtraA
       differentiation (the adversarial algorithm of `flatness.training.adversarial` uses
       it); the reported ``loss`` stays the pre-training loss.
     targets: optional ``(prepared_batch, raw_batch) -> [B, P, V]`` target
-      distributions (`flatness.model.objectives.training_targets`); None trains on
-      the sampled words.
+      distributions (`data_gen.bert_targets.exact_targets`); None trains on the
+      sampled words.
   """
   accum = grad_accum_steps
 
   def step_fn(state: TrainState, batch, rng):
     mask_rng, drop_rng, extra_rng = jax.random.split(rng, 3)
-    prepared = objective.prepare(mask_rng, batch)
-    prepared = {k: v for k, v in prepared.items() if v is not None}
-    if targets is not None:
-      prepared["targets"] = targets(prepared, batch)
+    prepared = _prepare(objective, targets, mask_rng, batch)
     total_weight = jnp.maximum(jnp.sum(prepared["weights"]), 1.0)
     micro = _micro_batches((prepared, batch), accum)
-
-    def micro_objective(params, mb, i):
-      prep, raw = mb
-      terms = objective.loss_terms(params, prep, jax.random.fold_in(drop_rng, i))
-      value = terms["nll_sum"] / total_weight
-      if loss_transform is not None:
-        # Rescale so that the transform sees this micro-batch's mean loss.
-        share = jnp.sum(prep["weights"]) / total_weight
-        mean = terms["nll_sum"] / jnp.maximum(jnp.sum(prep["weights"]), 1.0)
-        value = share * loss_transform(params, prep, raw, jax.random.fold_in(extra_rng, i), mean)
-      return value, terms
-
-    def grads_at(params):
-      def body(carry, xs):
-        i, mb = xs
-        (value, terms), g = jax.value_and_grad(micro_objective, has_aux=True)(params, mb, i)
-        grads, sums = carry
-        terms = dict(terms, objective=value)
-        return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, terms)), None
-      zeros = (jax.tree.map(jnp.zeros_like, params),
-               dict(nll_sum=0.0, weight_sum=0.0, correct_sum=0.0, objective=0.0))
-      (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-      return grads, sums
-
-    grads, sums = grads_at(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params,
-                                   grad_fn=lambda p, _: grads_at(p)[0])
+    micro_objective = _micro_objective(objective, loss_transform, total_weight, drop_rng,
+                                       extra_rng)
+    grads, sums = _accumulate(micro_objective, state.params, micro, accum)
+    # SAM's second gradient (grad_fn) accumulates over the same micro-batches.
+    updates, opt_state = tx.update(
+        grads, state.opt_state, state.params,
+        grad_fn=lambda p, _: _accumulate(micro_objective, p, micro, accum)[0])
     params = optax.apply_updates(state.params, updates)
     loss = sums["nll_sum"] / total_weight
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(sums["objective"]) & jnp.isfinite(grad_norm)
+    # A non-finite step leaves the state as it was; the trainer stops on the metric.
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
     metrics = dict(loss=loss, accuracy=sums["correct_sum"] / total_weight,

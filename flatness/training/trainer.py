@@ -1,10 +1,11 @@
-"""The pre-training loop: ``train(config, workdir)``.
+"""The pre-training loop: ``train(config, workdir, setup=, source=, validation=)``.
 
-Builds everything from the config (`build`), creates or restores the train
-state (or, with ``config.init.workdir``, starts from another run's checkpoint:
-phase 2 of a two-phase experiment), and runs the jitted `train_step` over a
-batch source, writing metrics (`flatness.runtime.metric_writers`) and checkpoints
-(`flatness.runtime.checkpointing`).
+Takes what `experiments.wiring` builds from a config (the model, objective and
+optimizer in a `Setup`, a batch source, a validation set), creates or restores
+the train state (or, with ``config.init.workdir``, starts from another run's
+checkpoint: phase 2 of a two-phase experiment), and runs the jitted
+`train_step` over the batches, writing metrics (`flatness.runtime.metric_writers`)
+and checkpoints (`flatness.runtime.checkpointing`).
 Rerunning with the same workdir resumes exactly: the checkpoint holds the state,
 the base PRNG key (step ``s`` uses ``fold_in(key, s)``), the index of the
 next batch and the run's config, against which a resumption is checked (a
@@ -20,25 +21,20 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from data_gen import registry
-from flatness.model import objectives
-from flatness.model import tokens as tok
 from flatness.model.objectives import Objective
-from flatness.model.transformer import Transformer, TransformerConfig, init_params, param_count
+from flatness.model.transformer import TransformerConfig, init_params, param_count
 from flatness.runtime import checkpointing
 from flatness.runtime import metric_writers
 from flatness.runtime import sharding
-from flatness.training import adversarial
 from flatness.training import evaluation
 from flatness.training import input_pipeline
-from flatness.training import optimizers
 from flatness.training import preemption
 from flatness.training import run_config
 from flatness.training import train_step as train_step_lib
@@ -54,14 +50,20 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclasses.dataclass
 class Setup:
-  """What a config builds: shared by training, measurement and downstream evaluation."""
-  config: ml_collections.ConfigDict
-  language: Any
+  """The model, its objective, the optimizer and the mesh: what training and evaluation
+  share (`experiments.wiring.setup` builds it from a config)."""
   model_cfg: TransformerConfig
   objective: Objective
   mesh: Any
   tx: Any
   schedule: Any
+  targets: Callable | None = None    # the step's exact targets (None: the sampled words)
+
+  def abstract_params(self):
+    """Shapes, dtypes and shardings of the params, without allocating them."""
+    shapes = jax.eval_shape(lambda k: init_params(self.model_cfg, k), jax.random.key(0))
+    rep = sharding.replicated(self.mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
 
   def abstract_state(self):
     """Shapes, dtypes and shardings of the train state, without allocating it."""
@@ -81,22 +83,6 @@ class Setup:
     return train_step_lib.init_state(init_params(self.model_cfg, rng), self.tx)
 
 
-def build(config, *, language=None, mesh=None) -> Setup:
-  """Validates ``config`` and builds the language, model, objective and optimizer."""
-  mesh = mesh or sharding.make_mesh()
-  run_config.check_train(config, mesh.size)
-  language = language or registry.make_language(config.data)
-  model_cfg = run_config.model_config(config.model, language.vocab_size, language.max_length)
-  objective = Objective(Transformer(model_cfg), run_config.masking_spec(
-      config.get("masking"), max_words=tok.max_words(model_cfg.seq_len)))
-  # Fails here, before anything is written, if the language or objective has no exact targets.
-  objectives.training_targets(config.get("targets", "sampled"), language, objective)
-  steps = int(config.train.num_steps)
-  return Setup(config, language, model_cfg, objective, mesh,
-               optimizers.make_optimizer(config.optimizer, steps),
-               optimizers.make_schedule(config.optimizer, steps))
-
-
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a training run in ``workdir`` was started with."""
   path = os.path.join(workdir, CONFIG_JSON)
@@ -106,10 +92,10 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_params(workdir: str, step: int, setup: Setup):
-  """Params of checkpoint ``step`` (-1: the latest) of the run in ``workdir``, and its
-  metadata, laid out as ``setup``'s model; the start of phase 2 of a two-phase run."""
-  source_setup = build(load_run_config(workdir), mesh=setup.mesh)
+def restore_params(workdir: str, step: int, abstract_params):
+  """Params of checkpoint ``step`` (-1: the latest) of the run in ``workdir``, laid out as
+  ``abstract_params``, and the checkpoint's metadata; the start of phase 2 of a two-phase
+  run (its optimizer state is not read: phase 2 may use another optimizer)."""
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
     steps = ckpt.all_steps()
@@ -121,46 +107,16 @@ def restore_params(workdir: str, step: int, setup: Setup):
       raise FileNotFoundError(
           f"init.workdir={workdir} has no checkpoint at step {step} (it has {steps}); "
           "train that run first or set init.step to one of its steps")
-    restored = ckpt.restore(step, source_setup.abstract_state())
+    meta = ckpt.read_meta(step)
+    try:
+      params = ckpt.restore_params(step, abstract_params)
+    except checkpointing.IncompatibleCheckpointError as e:
+      raise checkpointing.IncompatibleCheckpointError(
+          f"init.workdir={workdir}: its model differs from this config's model; a two-phase "
+          f"run must keep the model of the run it starts from ({e})") from e
   finally:
     ckpt.close()
-  want = jax.tree.map(lambda x: (x.shape, x.dtype), setup.abstract_state().params)
-  have = jax.tree.map(lambda x: (x.shape, x.dtype), restored.state.params)
-  if want != have:
-    raise checkpointing.IncompatibleCheckpointError(
-        f"init.workdir={workdir}: its model differs from this config's model; a two-phase "
-        "run must keep the model of the run it starts from")
-  return restored.state.params, dict(restored.meta, step=step)
-
-
-def make_source(setup: Setup, labels=()) -> input_pipeline.BatchSource:
-  """The training batch source named by ``config.data.source``."""
-  data, t = setup.config.data, setup.config.train
-  kind = data.get("source", "stream")
-  if kind == "stream":
-    return input_pipeline.LanguageStream(setup.language, t.batch_size,
-                                         seed=int(setup.config.seed), labels=labels)
-  if kind == "dataset":
-    if labels:
-      raise ValueError(f"data.source='dataset' carries no downstream labels, which "
-                       f"{list(labels)} need (adversarial.lam != 0); use data.source='stream'")
-    from data_gen import datasets  # pylint: disable=g-import-not-at-top
-    records = datasets.load_split(data, "train")
-    return input_pipeline.ArraySource(records, t.batch_size, seed=int(setup.config.seed),
-                                      width=tok.max_words(setup.model_cfg.seq_len))
-  raise ValueError(f"data.source: unknown source {kind!r}; choose 'stream' or 'dataset'")
-
-
-def make_validation(setup: Setup) -> evaluation.ValidationSet:
-  """The validation sentences with their exact conditionals (or log-probabilities)."""
-  data = setup.config.data
-  if data.get("source", "stream") == "dataset" and not setup.model_cfg.causal:
-    from data_gen import datasets  # pylint: disable=g-import-not-at-top
-    return evaluation.ValidationSet.from_records(datasets.load_split(data, "validation"),
-                                                 tok.max_words(setup.model_cfg.seq_len))
-  return evaluation.ValidationSet.from_language(
-      setup.language, int(data.num_validation), seed=int(setup.config.seed),
-      causal=setup.model_cfg.causal)
+  return params, dict(meta, step=step)
 
 
 @dataclasses.dataclass
@@ -238,6 +194,7 @@ def _write_config(workdir: str, config: dict, num_params: int) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, CONFIG_JSON), "w") as f:
       json.dump(config, f, indent=2, sort_keys=True, default=str)
+    # config is the JSON record (a dict): runs written before a field existed lack it.
     name = config.get("name") or os.path.basename(os.path.normpath(workdir))
     info = dict(name=name, group=config.get("group") or name, seed=int(config["seed"]),
                 experiment=config.get("experiment", ""), num_params=num_params,
@@ -246,40 +203,32 @@ def _write_config(workdir: str, config: dict, num_params: int) -> None:
       json.dump(info, f, indent=2)
 
 
-def train(config, workdir: str, *, setup: Setup | None = None,
-          source: input_pipeline.BatchSource | None = None,
-          validation: evaluation.ValidationSet | None = None,
-          loss_transform=None, labels=(), stop_after: int | None = None) -> TrainResult:
+def train(config, workdir: str, *, setup: Setup, source: input_pipeline.BatchSource,
+          validation: evaluation.ValidationSet, loss_transform=None,
+          stop_after: int | None = None) -> TrainResult:
   """Pre-trains per ``config``; resumes if ``workdir`` holds a checkpoint.
 
   Args:
-    config: experiment config (see experiments/configs/pretrain.py).
+    config: experiment config (see experiments/configs/pretrain.py): its ``train``,
+      ``seed`` and ``init`` sections drive the loop; all of it is recorded.
     workdir: run directory: checkpoints, config.json, metrics.jsonl, tensorboard/.
-    setup: a prebuilt `Setup` (default: ``build(config)``).
-    source: training batches (default: `make_source`).
-    validation: evaluation set (default: ``config.data.num_validation`` sentences
-      of the language with their exact conditionals).
-    loss_transform: passed to `make_train_step` (default: the adversarial
-      algorithm of `flatness.training.adversarial` when ``config.adversarial.lam != 0``).
-    labels: downstream tasks whose labels the batches must carry.
+    setup: model, objective, optimizer and mesh (`experiments.wiring.setup`).
+    source: training batches, resumable by position.
+    validation: evaluation set (sentences with their exact conditionals).
+    loss_transform: passed to `make_train_step` (e.g. the adversarial algorithm of
+      `flatness.training.adversarial`); None: plain pre-training.
     stop_after: stop (with a checkpoint) once this many steps are done in total,
       even if ``config.train.num_steps`` is larger; a later call continues.
   """
-  setup = setup or build(config)
-  if loss_transform is None:
-    loss_transform, adv_labels = adversarial.from_config(config, setup.language,
-                                                         setup.objective)
-    labels = tuple(labels) + adv_labels
-  t = config.train
+  t = run_config.train_config(config.train)
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=int(t.max_to_keep),
-                                    keep_every=int(t.get("keep_every", 0)))
+                                    max_to_keep=t.max_to_keep, keep_every=t.keep_every)
   writer = metric_writers.MetricWriter(workdir)
   failed = False
   try:
-    return _train(config, workdir, setup, ckpt, writer, source, validation, loss_transform,
-                  labels, stop_after)
+    return _train(config, t, workdir, setup, ckpt, writer, source, validation, loss_transform,
+                  stop_after)
   except Exception as e:
     failed = True
     with contextlib.suppress(Exception):   # the log is a record, never a second failure
@@ -326,10 +275,10 @@ def _start(config, workdir: str, setup: Setup, ckpt: checkpointing.Checkpointer,
     return _Start(restored.state, start, int(restored.meta["data_position"]),
                   jax.random.wrap_key_data(np.asarray(restored.meta["rng"], np.uint32)),
                   resumed=True)
-  init = config.get("init") or {}
-  if init.get("workdir"):
-    params, meta = restore_params(init["workdir"], int(init.get("step", -1)), setup)
-    logging.info("Starting from step %d of %s", meta["step"], init["workdir"])
+  if config.init.workdir:
+    params, meta = restore_params(config.init.workdir, int(config.init.step),
+                                  setup.abstract_params())
+    logging.info("Starting from step %d of %s", meta["step"], config.init.workdir)
     # Fresh sentences and masks: continue the source run's stream, and fold its stop into
     # the key so that step s of this run does not reuse the masks of its step s.
     begin = _Start(setup.state_from(params), 0, int(meta["data_position"]),
@@ -341,13 +290,12 @@ def _start(config, workdir: str, setup: Setup, ckpt: checkpointing.Checkpointer,
   return begin
 
 
-def _compile_step(config, setup: Setup, loss_transform):
+def _compile_step(t: run_config.TrainConfig, setup: Setup, loss_transform):
   """The jitted, sharded train step (`flatness.training.train_step`); the state is donated."""
   step_fn = train_step_lib.make_train_step(
       setup.objective, setup.tx, schedule=setup.schedule,
-      grad_accum_steps=int(config.train.grad_accum_steps), loss_transform=loss_transform,
-      targets=objectives.training_targets(config.get("targets", "sampled"), setup.language,
-                                          setup.objective))
+      grad_accum_steps=t.grad_accum_steps, loss_transform=loss_transform,
+      targets=setup.targets)
   rep, data = sharding.replicated(setup.mesh), sharding.batch_sharding(setup.mesh)
   return jax.jit(step_fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                  donate_argnums=(0,))
@@ -424,11 +372,10 @@ def _due(step: int, every, last: int) -> bool:
   return step % int(every) == 0 or step == last
 
 
-def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transform, labels,
-           stop_after):
+def _train(config, t: run_config.TrainConfig, workdir, setup, ckpt, writer, source, validation,
+           loss_transform, stop_after):
   """The loop: one step per batch, with the periodic actions (log, evaluate, save) and a
   preemption check after each."""
-  t = config.train
   current = _config_dict(config)
   begin = _start(config, workdir, setup, ckpt, current)
   state, step, position, base_key = begin.state, begin.step, begin.position, begin.base_key
@@ -437,12 +384,10 @@ def _train(config, workdir, setup, ckpt, writer, source, validation, loss_transf
   meta = dict(num_params=param_count(state.params), config=current)
   logging.info("Model: %d parameters; mesh %s over %d devices (%d processes)", meta["num_params"],
                dict(setup.mesh.shape), setup.mesh.size, jax.process_count())
-  validation = validation or make_validation(setup)
-  source = source or make_source(setup, labels)
-  jitted = _compile_step(config, setup, loss_transform)
-  num_steps = int(t.num_steps) if stop_after is None else min(int(t.num_steps), stop_after)
-  eval_bs = int(t.eval_batch_size)
-  batches = input_pipeline.prefetch(source.batches(position), size=int(t.get("prefetch", 2)))
+  jitted = _compile_step(t, setup, loss_transform)
+  num_steps = t.num_steps if stop_after is None else min(t.num_steps, stop_after)
+  eval_bs = t.eval_batch_size
+  batches = input_pipeline.prefetch(source.batches(position), size=t.prefetch)
   guard = preemption.PreemptionGuard()
   log, eval_metrics = _MetricLog(writer, ckpt, workdir), {}
   if begin.from_init:

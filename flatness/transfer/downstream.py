@@ -1,9 +1,10 @@
 """Downstream accuracy of every checkpoint of a run: linear probes, fine-tuning, lookup table.
 
 For each task of the run's language (PCFG: A, B, C; HMM: state_k; teacher:
-class) a fixed labelled set is drawn once, seeded by ``config.seed`` and shared
-by all tasks and all checkpoints: a pool of ``num_pool`` sentences and a test
-set of ``num_test`` (the language's downstream length filter applies). Probe
+class) a fixed labelled set is drawn once (`experiments.wiring.task_data`),
+seeded by ``config.seed`` and shared by all tasks and all checkpoints: a pool of
+``num_pool`` sentences and a test set of ``num_test`` (the language's
+downstream length filter applies); this module gets them as arrays. Probe
 seed ``s`` fits on ``num_train`` sentences drawn from the pool without
 replacement by ``np.random.default_rng([seed, s])`` (`flatness.transfer.probe.subset_rows`)
 and is scored on the whole test set, so two checkpoints see the same draws and
@@ -39,8 +40,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from flatness.model import tokens as tok
-from flatness.runtime import checkpoint_walk
+from flatness.runtime import config_types
 from flatness.transfer import finetune
 from flatness.transfer import probe
 
@@ -60,49 +60,42 @@ def check_sizes(num_pool: int, num_train: int, num_test: int) -> None:
                      f"num_train={num_train}, num_pool={num_pool}, num_test={num_test}")
 
 
-def task_data(language, tasks, num_pool: int, num_test: int, seed: int) -> list[TaskData]:
-  """Labelled pool and test sentences for ``tasks`` (all of the language's when empty).
+@dataclasses.dataclass(frozen=True)
+class DownstreamConfig:
+  """The ``downstream`` section (`experiments/configs/downstream.py` documents each field)."""
+  tasks: str                    # comma-separated; "": every task of the language
+  num_pool: int
+  num_train: int
+  num_test: int
+  seeds: int
+  seed: int
+  features: str
+  lookup: bool
+  force: bool
+  probe: probe.ProbeConfig
+  finetune: finetune.FinetuneConfig | None     # None: fine-tuning off
 
-  One draw of ``num_pool + num_test`` sentences (a function of ``seed`` only)
-  serves every task; the arrays are shared between the tasks.
-  """
-  known = language.tasks()
-  if not known:
-    raise ValueError(f"{type(language).__name__} defines no downstream task; use a pcfg, hmm "
-                     "or teacher language")
-  names = list(tasks) or sorted(known)
-  unknown = [t for t in names if t not in known]
-  if unknown:
-    raise ValueError(f"downstream.tasks: {unknown} are not tasks of this language; it has "
-                     f"{sorted(known)}")
-  sample = getattr(language, "sample_downstream", language.sample)
-  sents = sample(np.random.default_rng([seed, 15485863]), num_pool + num_test)
-  pool = (sents.tokens[:num_pool], sents.lengths[:num_pool])
-  test = (sents.tokens[num_pool:], sents.lengths[num_pool:])
-  out = []
-  for name in names:
-    labels = np.asarray(language.task_labels(name, sents), np.int32)
-    out.append(TaskData(name, known[name].num_classes, pool + (labels[:num_pool],),
-                        test + (labels[num_pool:],)))
-  return out
+  def __post_init__(self):
+    check_sizes(self.num_pool, self.num_train, self.num_test)
+    if self.features not in probe.FEATURES:
+      raise ValueError(f"downstream.features: unknown {self.features!r}; choose from "
+                       f"{probe.FEATURES}")
 
 
-def lookup_features(language, tokens, lengths, width: int) -> np.ndarray:
-  """float32 [n, width * V]: the true single-masked conditionals, zero past each length."""
-  cond = np.asarray(language.conditionals(tokens[:, :width], np.minimum(lengths, width)),
-                    np.float32)
-  cond = np.pad(cond, ((0, 0), (0, width - cond.shape[1]), (0, 0)))
-  return cond.reshape(len(cond), -1)
-
-
-def probe_config(cfg) -> probe.ProbeConfig:
-  fields = {f.name for f in dataclasses.fields(probe.ProbeConfig)}
-  unknown = sorted(set(cfg.probe) - fields)
-  if unknown:
-    raise ValueError(f"downstream.probe: {unknown} are not fields of "
-                     f"flatness.transfer.probe.ProbeConfig ({sorted(fields)}); the probe is "
-                     "solved to convergence, not trained for epochs")
-  return probe.ProbeConfig(**dict(cfg.probe))
+def downstream_config(section) -> DownstreamConfig:
+  """``config.downstream`` typed (``finetune.enabled = False`` becomes ``finetune=None``)."""
+  if isinstance(section, DownstreamConfig):
+    return section
+  fields = dict(section)
+  if "probe" in fields:
+    fields["probe"] = config_types.from_section(probe.ProbeConfig, fields["probe"],
+                                                "downstream.probe")
+  if "finetune" in fields:
+    ft = fields["finetune"]
+    fields["finetune"] = (config_types.from_section(finetune.FinetuneConfig, ft,
+                                                    "downstream.finetune", ignore=("enabled",))
+                          if ft["enabled"] else None)
+  return config_types.from_section(DownstreamConfig, fields, "downstream")
 
 
 def _metrics(name: str, kind: str, r: dict) -> dict:
@@ -113,30 +106,37 @@ def _metrics(name: str, kind: str, r: dict) -> dict:
 
 
 class Evaluator:
-  """The configured downstream metrics of one run's model family on fixed task data."""
+  """The configured downstream metrics of one model family on fixed labelled arrays; a
+  checkpoint evaluator (`flatness.runtime.checkpoint_walk`) writing under ``downstream/``.
 
-  def __init__(self, setup, cfg):
-    self.setup, self.cfg = setup, cfg
-    check_sizes(cfg.num_pool, cfg.num_train, cfg.num_test)
-    self.tasks = task_data(setup.language, _names(cfg.tasks), int(cfg.num_pool),
-                           int(cfg.num_test), int(cfg.seed))
-    self.probe_cfg = probe_config(cfg)
-    self.ft_cfg = finetune.FinetuneConfig(**{k: v for k, v in dict(cfg.finetune).items()
-                                             if k != "enabled"})
+  ``tasks``: every task's pool and test arrays (one set of sentences for all tasks,
+  `experiments.wiring.task_data`); ``lookup_features``: ``(pool, test)`` float32
+  ``[n, width * V]``, the true conditionals of those sentences (the lookup-table
+  baseline), needed when ``cfg.lookup``.
+  """
+  prefix = "downstream"
+
+  def __init__(self, objective, cfg, tasks: list[TaskData], *, mesh, lookup_features=None):
+    cfg = downstream_config(cfg)
+    self.objective, self.cfg, self.tasks, self.mesh = objective, cfg, tasks, mesh
+    if cfg.lookup and lookup_features is None:
+      raise ValueError("downstream.lookup needs the true conditionals of the task sentences "
+                       "(lookup_features)")
+    self.lookup_features = lookup_features
     self._lookup = None
+    self.required = self._required()
 
-  @property
-  def required(self) -> list[str]:
+  def _required(self) -> list[str]:
     # probe_acc_lo: checkpoints evaluated before seeds redrew the data lack it: redo them.
-    keys = ["probe_acc", "probe_acc_lo"] + (["finetune_acc"] if self.cfg.finetune.enabled else [])
+    keys = ["probe_acc", "probe_acc_lo"] + (["finetune_acc"] if self.cfg.finetune else [])
     keys += ["lookup_acc", "lookup_acc_lo"] if self.cfg.lookup else []
     return [f"{t.name}/{k}" for t in self.tasks for k in keys]
 
   def _probe(self, x_pool, x_test, t: TaskData) -> dict:
     c = self.cfg
     return probe.probe_accuracy(x_pool, t.pool[2], x_test, t.test[2], t.num_classes,
-                                seeds=int(c.seeds), num_train=int(c.num_train),
-                                cfg=self.probe_cfg, seed=int(c.seed))
+                                seeds=c.seeds, num_train=c.num_train, cfg=c.probe,
+                                seed=c.seed)
 
   def _sentences(self):
     # task_data gives every task the same pool and test sentences: features once for all.
@@ -145,9 +145,7 @@ class Evaluator:
 
   def lookup(self) -> dict:
     if self._lookup is None:
-      width, out = tok.max_words(self.setup.model_cfg.seq_len), {}
-      x = [lookup_features(self.setup.language, tokens, lengths, width)
-           for tokens, lengths in self._sentences()]
+      x, out = self.lookup_features, {}
       for t in self.tasks:
         r = self._probe(x[0], x[1], t)
         logging.info("lookup %s: l2 %s, iterations %s, gradient norm %.2g", t.name, r["l2"],
@@ -157,8 +155,8 @@ class Evaluator:
     return self._lookup
 
   def __call__(self, params, step: int = 0) -> dict:
-    c, s, out = self.cfg, self.setup, {}
-    x = [probe.features(s.objective, params, tokens, lengths, kind=c.features, mesh=s.mesh)
+    c, out = self.cfg, {}
+    x = [probe.features(self.objective, params, tokens, lengths, kind=c.features, mesh=self.mesh)
          for tokens, lengths in self._sentences()]
     for t in self.tasks:
       r = self._probe(x[0], x[1], t)
@@ -168,30 +166,12 @@ class Evaluator:
       out[f"{t.name}/probe_l2"] = float(np.exp(np.median(np.log(r["l2"]))))
       logging.info("probe %s step %d: l2 %s, iterations %s, gradient norm %.2g", t.name, step,
                    r["l2"], r["iters"], r["grad_norm"])
-      if c.finetune.enabled:
+      if c.finetune is not None:
         # Seed 0's training subset: the labelled sentences probe seed 0 fits on.
-        rows = probe.subset_rows(len(t.pool[2]), int(c.num_train), int(c.seed), 0)
+        rows = probe.subset_rows(len(t.pool[2]), c.num_train, c.seed, 0)
         out[f"{t.name}/finetune_acc"] = finetune.finetune_accuracy(
-            s.objective, params, tuple(a[rows] for a in t.pool), t.test, t.num_classes,
-            jax.random.key(int(c.seed) + step), mesh=s.mesh, cfg=self.ft_cfg)
+            self.objective, params, tuple(a[rows] for a in t.pool), t.test, t.num_classes,
+            jax.random.key(c.seed + step), mesh=self.mesh, cfg=c.finetune)
     if c.lookup:
       out.update(self.lookup())
     return out
-
-
-def _names(tasks) -> list[str]:
-  if isinstance(tasks, str):
-    return [t.strip() for t in tasks.split(",") if t.strip()]
-  return list(tasks)
-
-
-def evaluate_run(workdir: str, cfg, *, steps=None, mesh=None) -> dict[int, dict]:
-  """Downstream metrics of every checkpoint of a run (see module docstring)."""
-  def make(setup):
-    evaluator = Evaluator(setup, cfg)
-    logging.info("downstream tasks %s: %d of a pool of %d sentences per seed, %d seeds, %d "
-                 "test sentences", [t.name for t in evaluator.tasks], cfg.num_train,
-                 cfg.num_pool, cfg.seeds, cfg.num_test)
-    return evaluator.required, evaluator
-  return checkpoint_walk.walk(workdir, "downstream", make, steps=steps,
-                              force=cfg.get("force", False), mesh=mesh)

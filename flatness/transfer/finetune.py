@@ -59,12 +59,9 @@ def _fns(objective: Objective, cfg: FinetuneConfig, mesh):
           jax.jit(predict, in_shardings=(rep, data), out_shardings=rep))
 
 
-def _local(tokens, lengths, labels, idx, width):
-  out = dict(tokens=tokens[idx, :width].astype(np.int32),
-             lengths=np.minimum(lengths[idx], width).astype(np.int32),
-             labels=labels[idx].astype(np.int32))
-  rows = sharding.process_rows(len(idx))
-  return {k: v[rows] for k, v in out.items()}
+def _batch(tokens, lengths, labels, idx, width, mesh):
+  return sharding.shard_batch(dict(tok.word_batch(tokens, lengths, idx, width),
+                                   labels=labels[idx].astype(np.int32)), mesh)
 
 
 def finetune_accuracy(objective: Objective, params, train, test, num_classes: int, key, *,
@@ -91,15 +88,13 @@ def finetune_accuracy(objective: Objective, params, train, test, num_classes: in
   for epoch in range(cfg.epochs):
     order = rng.permutation(n)
     for i, start in enumerate(range(0, n - bs + 1, bs)):
-      batch = sharding.global_batch(_local(tokens, lengths, labels, order[start:start + bs],
-                                           width), mesh)
+      batch = _batch(tokens, lengths, labels, order[start:start + bs], width, mesh)
       carry = step(carry, batch, jax.random.fold_in(key, epoch * 100_000 + i))
   tokens, lengths, labels = (np.asarray(a) for a in test)
   correct = 0
   for start in range(0, len(labels), bs):
     idx = np.minimum(np.arange(start, start + bs), len(labels) - 1)
-    pred = np.asarray(predict(carry[0], sharding.global_batch(
-        _local(tokens, lengths, labels, idx, width), mesh)))
+    pred = np.asarray(predict(carry[0], _batch(tokens, lengths, labels, idx, width, mesh)))
     keep = np.arange(start, start + bs) < len(labels)
     correct += int(np.sum((pred == labels[idx])[keep]))
   return correct / len(labels)

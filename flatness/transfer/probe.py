@@ -121,14 +121,12 @@ def features(objective: Objective, params, tokens, lengths, *, kind: str = "conc
     raise ValueError(f"probe features: unknown kind {kind!r}; choose from {FEATURES}")
   width = tok.max_words(objective.model.cfg.seq_len)
   batch_size = max(mesh.size, batch_size - batch_size % mesh.size)
-  fn, rows, out = _feature_fn(objective, kind, mesh), sharding.process_rows(batch_size), []
+  fn, out = _feature_fn(objective, kind, mesh), []
   n = len(lengths)
   for start in range(0, n, batch_size):
     idx = np.minimum(np.arange(start, start + batch_size), n - 1)
-    local = dict(tokens=np.asarray(tokens)[idx, :width].astype(np.int32),
-                 lengths=np.minimum(np.asarray(lengths)[idx], width).astype(np.int32))
-    local = {k: v[rows] for k, v in local.items()}
-    out.append(np.asarray(fn(params, sharding.global_batch(local, mesh)), np.float32))
+    batch = sharding.shard_batch(tok.word_batch(tokens, lengths, idx, width), mesh)
+    out.append(np.asarray(fn(params, batch), np.float32))
   return np.concatenate(out)[:n]
 
 

@@ -1,0 +1,47 @@
+"""Config sections into frozen dataclasses, once, at the boundary.
+
+The experiment configs (``experiments/configs``) are the one place where fields
+get their defaults. The library takes typed sections: `from_section` converts a
+``ConfigDict`` (or a mapping) into the dataclass, requiring every field that has
+no default in the dataclass and refusing unknown ones, so that a typo or a
+missing field is one clear error at start, not a silent second default deep in
+the library.
+"""
+import dataclasses
+from typing import Any, Mapping, TypeVar
+
+T = TypeVar("T")
+
+_CASTS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def from_section(cls: type[T], section: "Mapping[str, Any] | T", name: str, *,
+                 ignore: tuple[str, ...] = ()) -> T:
+  """``section`` as a ``cls``; ``name`` is the section's dotted config path for errors.
+
+  Fields whose annotation is int, float, str or bool are cast (a ConfigDict may hold
+  ``1`` for a float), fields whose annotation is a dataclass are converted in turn (a
+  nested section); ``ignore`` lists section keys that are not fields of ``cls`` (read
+  elsewhere). Raises ValueError naming the missing or unknown fields.
+  """
+  if isinstance(section, cls):
+    return section
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  given = {k: v for k, v in dict(section).items() if k not in ignore}
+  unknown = sorted(set(given) - set(fields))
+  missing = [k for k, f in fields.items() if k not in given
+             and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  if unknown or missing:
+    raise ValueError(f"{name}: " + "; ".join(
+        ([f"unknown fields {unknown} (it has {sorted(fields)})"] if unknown else [])
+        + ([f"missing fields {missing}"] if missing else []))
+        + "; the experiment config files under experiments/configs set every field")
+  out = {}
+  for k, v in given.items():
+    ftype = fields[k].type
+    if dataclasses.is_dataclass(ftype) and not isinstance(v, ftype):
+      out[k] = from_section(ftype, v, f"{name}.{k}")      # a nested section
+      continue
+    cast = _CASTS.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+    out[k] = cast(v) if cast is not None and v is not None else v
+  return cls(**out)
