@@ -1,4 +1,11 @@
-"""PCFG: loader checks, and every probability against brute-force enumeration (float64) and nltk."""
+"""PCFG: loader checks, and every probability against brute-force enumeration (float64) and nltk.
+
+Both inside algorithms are checked: the general (dense) one on the recursive
+grammar, the layered one (`data_gen.pcfg.layered`, picked automatically) on
+layered grammars, and the two against each other on layered grammars of
+several shapes.
+"""
+import dataclasses
 import os
 
 import jax
@@ -9,9 +16,14 @@ from nltk.grammar import Nonterminal, PCFG as NltkPCFG, ProbabilisticProduction
 from nltk.parse.pchart import InsideChartParser
 
 import brute_force
+from data_gen import evidence as evidence_lib
+from data_gen import reference
 from data_gen.language import Sentences
+from data_gen.pcfg import batched_reference
+from data_gen.pcfg import layered
 from data_gen.pcfg import rule_file
 from data_gen.pcfg import tasks as tasks_lib
+from data_gen.pcfg.inside import Inside
 from data_gen.pcfg.language import PCFG
 from data_gen.pcfg.random_grammar import RandomGrammarConfig, SMALL, random_grammar
 
@@ -46,17 +58,36 @@ def x64():
     yield
 
 
+def _mixed_layers(grammar, seed, emit=0.3):
+  """A layered grammar whose sentences may also start one layer down and whose top layer emits.
+
+  A third of the start mass moves to the first level's symbols, and each start
+  symbol emits a word with probability ``emit`` (its binary rules scaled down).
+  """
+  rng = np.random.default_rng(seed)
+  top = np.flatnonzero(grammar.start)
+  level1 = np.array([grammar.index(n) for n in grammar.nonterminals if n.startswith("A1_")])
+  start = grammar.start * 2 / 3
+  start[level1] += rng.dirichlet(np.ones(len(level1))) / 3
+  binary, emission = grammar.binary.copy(), grammar.emission.copy()
+  binary[top] *= 1 - emit
+  emission[top, rng.integers(grammar.vocab_size, size=len(top))] += emit
+  return dataclasses.replace(grammar, start=start, binary=binary, emission=emission)
+
+
 def _grammars(tmp_path_factory):
   path = tmp_path_factory.mktemp("g") / "recursive.txt"
   path.write_text(RECURSIVE)
-  return {"recursive": rule_file.load_rule_file(str(path)), "layered": random_grammar(TINY, 3)}
+  return {"recursive": rule_file.load_rule_file(str(path)), "layered": random_grammar(TINY, 3),
+          "layered_mixed": _mixed_layers(random_grammar(TINY, 5), 0)}
 
 
-@pytest.fixture(scope="module", params=["recursive", "layered"])
+@pytest.fixture(scope="module", params=["recursive", "layered", "layered_mixed"])
 def case(request, tmp_path_factory, x64):
   grammar = _grammars(tmp_path_factory)[request.param]
   max_len = 5 if request.param == "recursive" else TINY.max_length
   lang = PCFG(grammar, max_length=max_len, dtype=jnp.float64, batch_size=16)
+  assert lang._inside.method == ("dense" if request.param == "recursive" else "layered")
   probs = brute_force.pcfg_language(grammar, max_len)
   sents = sorted(probs, key=lambda s: -probs[s])[:40]
   tokens = np.zeros((len(sents), max_len), np.int32)
@@ -110,6 +141,8 @@ def test_paper_grammar_shape():
   assert np.all(np.abs(g.mass - 1) < 2.5e-4)
   names = tasks_lib.label_names(g)
   assert names[:2] == ["A1_0", "A1_1"] and names[40:42] == ["S", "S1"] and len(names) == 50
+  # Layered: A4 (words only) .. A1, then S1 .. S9, so the fast inside path applies.
+  assert [len(ids) for ids in layered.layers(g)] == [10, 10, 10, 10, 9]
 
 
 def test_random_grammar_has_the_paper_shape_and_round_trips(tmp_path):
@@ -239,14 +272,102 @@ def test_same_seed_same_sentences_different_seed_different():
   assert random_grammar(SMALL, 0).binary.tobytes() != random_grammar(SMALL, 1).binary.tobytes()
 
 
-def test_fast_conditionals_match_the_textbook_reference_at_paper_scale():
-  """On the paper's grammar shape (too large to enumerate): batched JAX vs plain CKY."""
-  from data_gen import reference  # pylint: disable=g-import-not-at-top
-  g = random_grammar(RandomGrammarConfig(), seed=2)
-  lang = PCFG(g, max_length=8)       # short sentences keep the compilation small
-  s = lang.sample(np.random.default_rng(0), 6, min_length=5)
+@pytest.mark.parametrize("cfg,seed", [
+    (RandomGrammarConfig(), 2),
+    # Skewed rule and word weights: a harder case for float32 scaling.
+    (RandomGrammarConfig(concentration=0.1, emit_low=0.01, emit_high=0.9), 4),
+])
+def test_fast_conditionals_match_the_textbook_reference_at_paper_scale(cfg, seed):
+  """On the paper's grammar shape (too large to enumerate): float32 layered JAX vs float64 CKY.
+
+  1e-5 is the float32 accuracy the layered path promises (it measures ~2e-7).
+  """
+  g = random_grammar(cfg, seed)
+  lang = PCFG(g, max_length=8)       # one length bucket keeps the compilation small
+  assert lang._inside.method == "layered"
+  s = lang.sample(np.random.default_rng(0), 8, min_length=5)
   fast = lang.conditionals(s.tokens, s.lengths)
+  assert fast.dtype == np.float32
   for r in range(len(s)):
     n = s.lengths[r]
     np.testing.assert_allclose(fast[r, :n], reference.pcfg_conditionals(g, s.tokens[r, :n]),
-                               atol=2e-5)
+                               atol=1e-5)
+
+
+def test_layers_are_detected_from_the_rule_tensor(tmp_path):
+  g = random_grammar(RandomGrammarConfig(), seed=1)
+  ids = layered.layers(g)
+  assert [g.nonterminals[i[0]] for i in ids] == ["A4_0", "A3_0", "A2_0", "A1_0", "S1"]
+  assert [len(i) for i in ids] == [10, 10, 10, 10, 9]
+  assert [layered.longest(g)[i].max() for i in ids] == [1, 2, 4, 8, 16]
+  assert Inside(g).method == "layered"
+  # Not layered: a recursive grammar, and one rule that skips a layer.
+  recursive = rule_file.load_rule_file(_write(tmp_path, RECURSIVE))
+  assert layered.layers(recursive) is None and Inside(recursive).method == "dense"
+  skip = g.binary.copy()
+  skip[g.index("A1_0"), g.index("A2_0"), g.index("A3_0")] = 0.01
+  skipping = dataclasses.replace(g, binary=skip)
+  assert layered.layers(skipping) is None and Inside(skipping).method == "dense"
+  with pytest.raises(ValueError, match="not layered"):
+    Inside(skipping, method="layered")
+  with pytest.raises(ValueError, match="unknown inside method"):
+    Inside(g, method="sparse")
+  assert Inside(g, method="dense").method == "dense"
+
+
+# Layered grammars of several shapes: (config, seed, start mass also one layer down and an
+# emitting top layer, longest sentence compared). The dense path compiles slowly (~3 s at
+# 4 words), so the sentences stay short; 4 words still exercise full charts, prefix and
+# suffix spans, and layers whose longest span (8 and 16 words for four levels) does not fit.
+LAYERED_SHAPES = {
+    "one binary layer": (RandomGrammarConfig(num_start=2, levels=1, symbols_per_level=3,
+                                             words_per_last_symbol=4, vocab_size=6), 0, False, 2),
+    "four levels": (RandomGrammarConfig(num_start=2, levels=4, symbols_per_level=3,
+                                        rules_per_symbol=4, words_per_last_symbol=4,
+                                        vocab_size=10), 2, False, 4),
+    "three levels, mixed start, emitting top": (SMALL, 3, True, 4),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(LAYERED_SHAPES))
+def test_layered_and_dense_inside_agree(shape, x64):
+  """log Z and its gradient (whose rows are the conditionals) by both paths, float64,
+  under one-hot evidence with masked (all-ones) rows and under soft evidence."""
+  cfg, seed, mixed, max_len = LAYERED_SHAPES[shape]
+  g = random_grammar(cfg, seed)
+  if mixed:
+    g = _mixed_layers(g, seed)
+  s = PCFG(g).sample(np.random.default_rng(seed), 12, max_length=max_len)
+  tokens = jnp.asarray(s.tokens[:, :max_len])
+  lengths = jnp.asarray(s.lengths)
+  rng = np.random.default_rng(0)
+  mask = jnp.asarray(rng.random(tokens.shape) < 0.3)
+  one_hot = evidence_lib.one_hot_evidence(tokens, g.vocab_size, mask, jnp.float64)
+  soft = one_hot + 0.5 * jnp.asarray(rng.random(one_hot.shape))
+  out = {}
+  for method in ("dense", "layered"):
+    inside = Inside(g, jnp.float64, method=method)
+
+    def value_and_grad(e, lengths, inside=inside):
+      total = lambda e: (lambda v: (jnp.sum(v), v))(inside.log_marginal(e, lengths))
+      (_, log_z), grad = jax.value_and_grad(total, has_aux=True)(e)
+      return log_z, grad
+
+    fn = jax.jit(value_and_grad)
+    out[method] = [fn(e, lengths) for e in (one_hot, soft)]
+  for dense, fast in zip(out["dense"], out["layered"]):
+    for a, b in zip(dense, fast):
+      assert np.all(np.isfinite(b))
+      np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-13)
+
+
+def test_batched_numpy_reference_matches_the_textbook():
+  """The benchmark's baseline (`data_gen.pcfg.batched_reference`) is correct."""
+  g = random_grammar(SMALL, 0)
+  s = PCFG(g).sample(np.random.default_rng(0), 20)
+  got = batched_reference.conditionals(g, s.tokens, s.lengths)
+  for r in range(len(s)):
+    n = s.lengths[r]
+    np.testing.assert_allclose(got[r, :n], reference.pcfg_conditionals(g, s.tokens[r, :n]),
+                               rtol=1e-12, atol=1e-15)
+    assert np.all(got[r, n:] == 0)
