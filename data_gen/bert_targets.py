@@ -54,6 +54,7 @@ import numpy as np
 
 from data_gen.hmm import HMM
 from data_gen.markov import MarkovChain
+from data_gen.pcfg import layered
 from data_gen.pcfg.language import PCFG
 from flatness.model import masking
 from flatness.model import tokens as tok
@@ -86,24 +87,6 @@ def _normalise(x, offset):
   return x / safe[..., None, None], offset + jnp.log(safe)
 
 
-def heights(grammar):
-  """int [N]: each nonterminal's height in the binary-rule graph, or None if it has a cycle.
-
-  Height 0: the symbol only emits words; otherwise one more than its highest
-  child. The paper's grammar and `random_grammar`'s are layered (a symbol's
-  children lie on the next level), so their heights are levels counted from
-  the bottom, the start symbols' 4 (3 for ``pcfg_small``).
-  """
-  child = (grammar.binary.sum(axis=2) + grammar.binary.sum(axis=1)) > 0   # [A, B]
-  h = np.zeros(grammar.num_nonterminals, np.int64)
-  for _ in range(grammar.num_nonterminals + 1):
-    new = np.where(child.any(axis=1), np.max(np.where(child, h[None, :], -1), axis=1) + 1, 0)
-    if np.array_equal(new, h):
-      return h
-    h = new
-  return None
-
-
 def poly_inside(grammar, dtype=jnp.float32, by: str | None = None) -> PolyMarginal:
   """The inside algorithm of a CNF grammar on polynomial leaves (`PolyMarginal`).
 
@@ -114,7 +97,7 @@ def poly_inside(grammar, dtype=jnp.float32, by: str | None = None) -> PolyMargin
   default for an acyclic grammar, which every grammar of this project is) or
   ``'length'`` (`_inside_by_length`, the default otherwise).
   """
-  h = heights(grammar)
+  h = layered.heights(grammar.binary)
   by = by or ("length" if h is None else "height")
   if by == "height":
     if h is None:
@@ -123,28 +106,6 @@ def poly_inside(grammar, dtype=jnp.float32, by: str | None = None) -> PolyMargin
   if by == "length":
     return _inside_by_length(grammar, dtype)
   raise ValueError(f"unknown inside algorithm {by!r}; choose 'height' or 'length'")
-
-
-def _rule_scale(grammar) -> float:
-  """gamma: the geometric mean of the binary rules' probabilities, weighted by use, inverted.
-
-  A derivation of ``l`` words uses exactly ``l - 1`` binary rules, so scaling
-  every binary rule by ``gamma`` scales every span of length ``l`` by
-  ``gamma^(l - 1)``: an exact, free rescaling that keeps a typical span's
-  inside value near 1 (the leaves are scaled to a largest entry of 1).
-  """
-  b = grammar.binary
-  if not b.any():
-    return 1.0
-  try:
-    uses = grammar.expected_counts()[:, None, None] * b
-  except np.linalg.LinAlgError:
-    uses = b
-  uses = np.where(b > 0, np.maximum(uses, 0.0), 0.0)
-  if uses.sum() <= 0:
-    uses = (b > 0).astype(np.float64)
-  log_b = np.log(np.where(b > 0, b, 1.0))
-  return float(np.exp(-np.sum(uses * log_b) / uses.sum()))
 
 
 def _height_rules(grammar, h, gamma) -> list:
@@ -210,10 +171,10 @@ def _inside_by_height(grammar, h, dtype) -> PolyMarginal:
   children of every split (and the reverse pass's scatter) moves contiguous
   rows. Scaling: every
   leaf row is divided by its largest entry and every binary rule multiplied by
-  `_rule_scale`, both exact factors returned in the log scale, so no span
+  `data_gen.pcfg.layered.rule_scale`, both exact factors returned in the log scale, so no span
   needs a scale of its own.
   """
-  gamma = _rule_scale(grammar)
+  gamma = layered.rule_scale(grammar)
   start = np.asarray(grammar.start, np.float64)
   tables = functools.lru_cache(maxsize=None)(
       functools.partial(_span_tables, grammar, _height_rules(grammar, h, gamma)))

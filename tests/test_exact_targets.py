@@ -19,6 +19,7 @@ from data_gen import bert_targets
 from data_gen import optimal
 from data_gen.hmm import HMM, HMMConfig
 from data_gen.markov import MarkovChain
+from data_gen.pcfg import layered
 from data_gen.pcfg.grammar import Grammar
 from data_gen.pcfg.language import PCFG
 from data_gen.pcfg.random_grammar import SMALL, RandomGrammarConfig, random_grammar
@@ -135,10 +136,10 @@ def test_polynomial_marginals_match_enumeration(by):
   cases = [(PCFG(random_grammar(TINY_PCFG, 4), max_length=4),
             brute_force.pcfg_language(random_grammar(TINY_PCFG, 4), 4))]
   recursive = _recursive_grammar()
-  assert bert_targets.heights(recursive) is None
+  assert layered.heights(recursive.binary) is None
   with pytest.raises(ValueError, match="cycle"):
     bert_targets.poly_inside(recursive, by="height")
-  assert list(bert_targets.heights(random_grammar(SMALL, 0))[:3]) == [3, 3, 3]
+  assert list(layered.heights(random_grammar(SMALL, 0).binary)[:3]) == [3, 3, 3]
   if by == "length":
     cases.append((PCFG(recursive, max_length=4), brute_force.pcfg_language(recursive, 4)))
     hmm = HMM.random(TINY_HMM, seed=1)

@@ -53,6 +53,7 @@ from scipy import stats
 
 from flatness.analysis import correlation as analysis
 from flatness.analysis import drift
+from flatness.analysis import report
 
 RATE_UNIT = 1000          # rates are reported per this many steps
 
@@ -395,7 +396,7 @@ def arms_table(a: DriftAnalysis) -> str:
   head = ["arm", "eta", "B", "eta/B", "eta^2/B", "loss gap, % of optimum (min-max)",
           "within tol.", "tr(H) start", "tr(H) end", "change end - start",
           f"initial rate per {RATE_UNIT} steps", "rate / (eta^2/B), per unit of eta^2 t/B"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  rows = []
   for s in a.summaries:
     arm, scale = s.arm, s.arm.noise_scale
     per_s = (Interval(*(np.asarray([s.rate.rate, s.rate.stderr, s.rate.lo, s.rate.hi]) / scale))
@@ -407,8 +408,8 @@ def arms_table(a: DriftAnalysis) -> str:
              f"{100 * s.within:.0f}%" if np.isfinite(s.within) else "",
              s.trace_start.text("{:.1f}"), s.trace_end.text("{:.1f}"), s.d_trace.text(),
              _scaled(s.rate).text("{:+.2f}"), per_s.text("{:+.0f}") if per_s else ""]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    rows.append(cells)
+  return report.markdown(head, rows).rstrip("\n")
 
 
 def law_text(a: DriftAnalysis) -> str:
@@ -433,11 +434,9 @@ def law_text(a: DriftAnalysis) -> str:
 def modules_table(a: DriftAnalysis) -> str:
   modules = sorted({m for s in a.summaries for m in s.d_modules})
   head = ["arm", "tr(H)"] + modules
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for s in a.summaries:
-    lines.append("| " + " | ".join([s.arm.label, s.d_trace.text()] + [
-        s.d_modules[m].text() if m in s.d_modules else "" for m in modules]) + " |")
-  return "\n".join(lines)
+  return report.markdown(head, [[s.arm.label, s.d_trace.text()] + [
+      s.d_modules[m].text() if m in s.d_modules else "" for m in modules]
+                                for s in a.summaries]).rstrip("\n")
 
 
 def accuracy_table(a: DriftAnalysis) -> str:
@@ -445,11 +444,9 @@ def accuracy_table(a: DriftAnalysis) -> str:
   if not tasks:
     return "No probes at both ends (analysis.probe).\n"
   head = ["arm", "change of tr(H)"] + [f"{t} probe, points" for t in tasks]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for s in a.summaries:
-    lines.append("| " + " | ".join([s.arm.label, s.d_trace.text()] + [
-        s.accuracy[t].text() if t in s.accuracy else "" for t in tasks]) + " |")
-  return "\n".join(lines)
+  return report.markdown(head, [[s.arm.label, s.d_trace.text()] + [
+      s.accuracy[t].text() if t in s.accuracy else "" for t in tasks]
+                                for s in a.summaries]).rstrip("\n")
 
 
 def markdown(a: DriftAnalysis) -> str:

@@ -22,7 +22,7 @@ over predictions ``n`` (masked positions, weights ``w_n``):
 * Gradient noise: ``M = (1/W) sum_n w_n E[grad l_n grad l_n^T]`` with the
   data's own targets ``t_n`` (``grad l_n = J_n^T (p_n - t_n)``): the one-hot
   word the generator drew (sampled labels, the SGD noise of pre-training), or
-  the exact conditional ``q_n`` (`flatness.model.objectives.exact_targets`).
+  the exact conditional ``q_n`` (`data_gen.bert_targets.exact_targets`).
   `gradient_noise_trace` estimates ``tr M`` with the random-sign estimator
   above; ``tr M`` is the trace of the per-prediction gradient covariance plus
   ``||E grad l_n||^2``, which vanishes at a stationary point. The premise of
