@@ -113,16 +113,38 @@ def _dense_conditionals(grammar, max_length):
   return lambda tokens, lengths: bucketed(tokens, lengths, np.zeros(tokens.shape, bool))
 
 
+def _grammar():
+  """The paper's grammar if its file is there, else a generated one of its shape; and which."""
+  if os.path.exists(_GRAMMAR.value):
+    return (rule_file.load_rule_file(_GRAMMAR.value),
+            f"the paper's grammar ({os.path.normpath(_GRAMMAR.value)})")
+  return (random_grammar(RandomGrammarConfig(), seed=0),
+          f"random_grammar(RandomGrammarConfig(), seed=0) ({_GRAMMAR.value} not found), "
+          "a generated grammar of the paper's shape")
+
+
+def _hmm_rows(hmm, hsents, rng, n: int, m: int) -> None:
+  """HMM sampling and conditionals against one-sentence numpy references."""
+  def reference_sample(count):
+    cum_t, cum_e = np.cumsum(hmm.transition, 1), np.cumsum(hmm.emission, 1)
+    for _ in range(count):
+      z = int(np.searchsorted(np.cumsum(hmm.initial), rng.random()))
+      for _ in range(hmm.length):
+        np.searchsorted(cum_e[z], rng.random())
+        z = min(int(np.searchsorted(cum_t[z], rng.random())), hmm.num_states - 1)
+
+  _row("HMM sampling", _rate(lambda: hmm.sample(rng, 100 * n), 100 * n),
+       _rate(lambda: reference_sample(20 * m), 20 * m))
+  _row("HMM forward-backward, all conditionals",
+       _rate(lambda: hmm.conditionals(hsents.tokens, hsents.lengths), n),
+       _rate(lambda: [reference.hmm_conditionals(hmm.initial, hmm.transition, hmm.emission, s)
+                      for s in hsents.tokens[:m]], m))
+
+
 def main(argv):
   del argv
   n, n_np, m = _NUM.value, _NUM_NUMPY.value, _NUM_REF.value
-  if os.path.exists(_GRAMMAR.value):
-    grammar = rule_file.load_rule_file(_GRAMMAR.value)
-    source = f"the paper's grammar ({os.path.normpath(_GRAMMAR.value)})"
-  else:
-    grammar = random_grammar(RandomGrammarConfig(), seed=0)
-    source = (f"random_grammar(RandomGrammarConfig(), seed=0) ({_GRAMMAR.value} not found), "
-              "a generated grammar of the paper's shape")
+  grammar, source = _grammar()
   pcfg = PCFG(grammar)
   hmm = HMM.random(HMMConfig(), seed=0)
   rng = np.random.default_rng(0)
@@ -165,21 +187,7 @@ def main(argv):
     dense_rate = statistics.median(_rate(lambda: dense(tokens, lengths), n)
                                    for _ in range(_REPEATS.value))
     _row("PCFG inside-outside, general (dense) path, vs batched numpy", dense_rate, numpy_rate)
-
-  def hmm_reference_sample(count):
-    cum_t, cum_e = np.cumsum(hmm.transition, 1), np.cumsum(hmm.emission, 1)
-    for _ in range(count):
-      z = int(np.searchsorted(np.cumsum(hmm.initial), rng.random()))
-      for _ in range(hmm.length):
-        np.searchsorted(cum_e[z], rng.random())
-        z = min(int(np.searchsorted(cum_t[z], rng.random())), hmm.num_states - 1)
-
-  _row("HMM sampling", _rate(lambda: hmm.sample(rng, 100 * n), 100 * n),
-       _rate(lambda: hmm_reference_sample(20 * m), 20 * m))
-  _row("HMM forward-backward, all conditionals",
-       _rate(lambda: hmm.conditionals(hsents.tokens, hsents.lengths), n),
-       _rate(lambda: [reference.hmm_conditionals(hmm.initial, hmm.transition, hmm.emission, s)
-                      for s in hsents.tokens[:m]], m))
+  _hmm_rows(hmm, hsents, rng, n, m)
 
   print()
   print(f"PCFG inside-outside: {n:,} sentences (ours), {n_np:,} (batched numpy), {m} (textbook); "

@@ -142,8 +142,10 @@ def test_sections_become_typed_once_and_name_what_is_wrong():
   class Section:
     rate: float
     steps: int = 2
-  assert config_types.from_section(Section, {"rate": 1}, "s") == Section(1.0, 2)
-  assert isinstance(config_types.from_section(Section, {"rate": 1}, "s").rate, float)
+  with pytest.raises(ValueError, match=r"s: missing fields \['steps'\]"):
+    config_types.from_section(Section, {"rate": 1}, "s")     # a config sets every field
+  assert config_types.from_section(Section, {"rate": 1}, "s", strict=False) == Section(1.0, 2)
+  assert isinstance(config_types.from_section(Section, {"rate": 1, "steps": 3}, "s").rate, float)
 
 
 def test_the_per_function_cache_builds_once_and_names_a_fresh_closure(monkeypatch):

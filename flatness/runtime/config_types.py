@@ -16,21 +16,24 @@ _CASTS = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def from_section(cls: type[T], section: "Mapping[str, Any] | T", name: str, *,
-                 ignore: tuple[str, ...] = ()) -> T:
+                 ignore: tuple[str, ...] = (), strict: bool = True) -> T:
   """``section`` as a ``cls``; ``name`` is the section's dotted config path for errors.
 
   Fields whose annotation is int, float, str or bool are cast (a ConfigDict may hold
   ``1`` for a float), fields whose annotation is a dataclass are converted in turn (a
   nested section); ``ignore`` lists section keys that are not fields of ``cls`` (read
-  elsewhere). Raises ValueError naming the missing or unknown fields.
+  elsewhere). ``strict``: every field must be in the section, also those with a
+  default in ``cls`` (that default serves direct library callers, not configs, so a
+  config that lacks a field fails instead of silently taking a second default); else
+  only the fields without one. Raises ValueError naming the missing or unknown fields.
   """
   if isinstance(section, cls):
     return section
   fields = {f.name: f for f in dataclasses.fields(cls)}
   given = {k: v for k, v in dict(section).items() if k not in ignore}
   unknown = sorted(set(given) - set(fields))
-  missing = [k for k, f in fields.items() if k not in given
-             and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  missing = [k for k, f in fields.items() if k not in given and (
+      strict or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING))]
   if unknown or missing:
     raise ValueError(f"{name}: " + "; ".join(
         ([f"unknown fields {unknown} (it has {sorted(fields)})"] if unknown else [])

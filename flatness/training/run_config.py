@@ -47,7 +47,8 @@ def masking_spec(cfg: Mapping[str, Any], max_words: int | None = None) -> maskin
   """``config.masking``; ``max_predictions`` capped at ``max_words`` (the model's word
   positions): a sentence never has more predictions than words, and a grammar whose
   sentences are shorter than the configured maximum is still valid."""
-  spec = config_types.from_section(masking.MaskingSpec, cfg, "masking")
+  # count_special is BERT's convention, not a config field (runs' records lack it).
+  spec = config_types.from_section(masking.MaskingSpec, cfg, "masking", strict=False)
   if max_words is not None and spec.max_predictions > max_words:
     spec = dataclasses.replace(spec, max_predictions=max_words)
   return spec
