@@ -1,9 +1,12 @@
-r"""Runs an experiment: its sweep of pre-training runs, measurement, probes and analysis.
+r"""Runs an experiment: its sweep of pre-training runs, their evaluation and the analysis.
 
   python -m experiments.run --config=experiments/configs/algorithm.py:pcfg_small \
       --workdir=runs/algorithm [--runs=adamw,sgd] [--noanalyze]
 
-Each run lives in <workdir>/<run name>; rerunning continues where it stopped.
+Each run lives in <workdir>/<run name>; rerunning continues where it stopped
+(finished training is not repeated; the evaluation pass of ``config.evals`` visits
+only checkpoints that lack its metrics, so ``--config.evals=...`` adds evaluators
+to finished runs).
 The report (tables, correlations, figures) goes to <workdir>/report. See
 `experiments.sweep` (the config's fields), `experiments.runner` (what runs) and the
 configs' docstrings.
