@@ -19,7 +19,6 @@ from flatness.runtime import checkpoint_walk
 from flatness.runtime import checkpointing
 from flatness.runtime import config_types
 from flatness.runtime import fn_cache
-from flatness.runtime import metric_writers
 from flatness.runtime import sharding
 from flatness.training import evaluation
 from flatness.transfer import downstream

@@ -128,6 +128,12 @@ def base() -> ml_collections.ConfigDict:
   c.train.max_to_keep = 2         # latest checkpoints kept
   c.train.keep_every = 0          # also keep every K-th step for ever (0: none)
   c.train.prefetch = 2            # host batches prepared ahead in a thread
+  # CPU speed (benchmarks/train_throughput.py). Both change the float32 rounding of the
+  # trajectory (not the math), so the README's measured runs keep them off:
+  c.train.steps_per_call = 1      # K > 1: up to K steps per jitted call (a lax.scan, the
+                                  # step's key folded inside; calls end on log, eval and
+                                  # checkpoint steps; SIGTERM honoured at the call's end)
+  c.train.fast_kernels = False    # the training step's kernels (TransformerConfig.fast_grad)
   return c
 
 

@@ -67,6 +67,8 @@ class TrainConfig:
   max_to_keep: int
   keep_every: int          # 0: none kept for ever
   prefetch: int
+  steps_per_call: int      # 1: one jitted call per step; K: up to K steps in one call
+  fast_kernels: bool       # the training step's kernels (TransformerConfig.fast_grad)
 
 
 def train_config(section) -> TrainConfig:
@@ -74,7 +76,7 @@ def train_config(section) -> TrainConfig:
   micro-batches)."""
   t = config_types.from_section(TrainConfig, section, "train")
   for name in ("batch_size", "num_steps", "grad_accum_steps", "log_every", "eval_every",
-               "checkpoint_every", "max_to_keep", "eval_batch_size"):
+               "checkpoint_every", "max_to_keep", "eval_batch_size", "steps_per_call"):
     if getattr(t, name) <= 0:
       raise ValueError(f"train.{name} must be positive, got {getattr(t, name)}")
   if t.keep_every < 0 or t.prefetch < 0:

@@ -18,6 +18,7 @@ returns the *old* state and ``metrics['finite'] = 0``; the training loop stops
 on it (`flatness.training.trainer.NonFiniteLossError`) before anything is saved, so the
 last good checkpoint is never overwritten by NaNs.
 """
+import dataclasses
 from typing import Any, Callable
 
 import flax.struct
@@ -62,9 +63,10 @@ def _micro_objective(objective: Objective, loss_transform, total_weight, drop_rn
   return fn
 
 
-def _accumulate(micro_objective, params, micro, accum: int):
+def _accumulate(micro_objective, params, micro, accum: int, inline_one: bool = False):
   """(gradient, summed loss terms) over the ``accum`` micro-batches, by `lax.scan`: one
-  micro-batch's activations in memory at a time."""
+  micro-batch's activations in memory at a time (``inline_one``: a single micro-batch
+  without the scan, a little faster, rounded as XLA fuses it)."""
   def body(carry, xs):
     i, mb = xs
     (value, terms), g = jax.value_and_grad(micro_objective, has_aux=True)(params, mb, i)
@@ -73,6 +75,10 @@ def _accumulate(micro_objective, params, micro, accum: int):
     return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, terms)), None
   zeros = (jax.tree.map(jnp.zeros_like, params),
            dict(nll_sum=0.0, weight_sum=0.0, correct_sum=0.0, objective=0.0))
+  if accum == 1 and inline_one:   # the scan's one iteration, inline
+    (grads, sums), _ = body(zeros, (jnp.zeros((), jnp.int32),
+                                    jax.tree.map(lambda x: x[0], micro)))
+    return grads, sums
   (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
   return grads, sums
 
@@ -86,11 +92,23 @@ def _prepare(objective: Objective, targets, rng, batch) -> dict:
   return prepared
 
 
+def training_objective(objective: Objective) -> Objective:
+  """``objective`` with the model's training-step kernels (`TransformerConfig.fast_grad`:
+  a custom weight-gradient rule for the dense layers, GELU by erf): the same
+  loss and gradient to float32 rounding, faster on XLA's CPU backend; same params."""
+  cfg = objective.model.cfg
+  if cfg.fast_grad:
+    return objective
+  return dataclasses.replace(objective,
+                             model=objective.model.clone(cfg=dataclasses.replace(cfg, fast_grad=True)))
+
+
 def make_train_step(objective: Objective, tx: optax.GradientTransformationExtraArgs, *,
                     schedule: Callable[[Any], Any] | None = None,
                     grad_accum_steps: int = 1,
                     loss_transform: Callable | None = None,
-                    targets: Callable | None = None):
+                    targets: Callable | None = None,
+                    fast_kernels: bool = False):
   """Returns the pure step function (jit it with shardings in the trainer).
 
   Args:
@@ -105,8 +123,13 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformationExtraA
     targets: optional ``(prepared_batch, raw_batch) -> [B, P, V]`` target
       distributions (`data_gen.bert_targets.exact_targets`); None trains on the
       sampled words.
+    fast_kernels: differentiate the model with its training-step kernels
+      (`training_objective`) and inline a single micro-batch; False (default): JAX's own
+      rules, the trajectory of the README's measured runs.
   """
   accum = grad_accum_steps
+  if fast_kernels:
+    objective = training_objective(objective)
 
   def step_fn(state: TrainState, batch, rng):
     mask_rng, drop_rng, extra_rng = jax.random.split(rng, 3)
@@ -115,11 +138,11 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformationExtraA
     micro = _micro_batches((prepared, batch), accum)
     micro_objective = _micro_objective(objective, loss_transform, total_weight, drop_rng,
                                        extra_rng)
-    grads, sums = _accumulate(micro_objective, state.params, micro, accum)
+    grads, sums = _accumulate(micro_objective, state.params, micro, accum, fast_kernels)
     # SAM's second gradient (grad_fn) accumulates over the same micro-batches.
     updates, opt_state = tx.update(
         grads, state.opt_state, state.params,
-        grad_fn=lambda p, _: _accumulate(micro_objective, p, micro, accum)[0])
+        grad_fn=lambda p, _: _accumulate(micro_objective, p, micro, accum, fast_kernels)[0])
     params = optax.apply_updates(state.params, updates)
     loss = sums["nll_sum"] / total_weight
     grad_norm = optax.tree.norm(grads)

@@ -19,9 +19,10 @@ the config fields it changed, e.g. ``train.num_steps``) and failure.
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -290,15 +291,82 @@ def _start(config, workdir: str, setup: Setup, ckpt: checkpointing.Checkpointer,
   return begin
 
 
-def _compile_step(t: run_config.TrainConfig, setup: Setup, loss_transform):
-  """The jitted, sharded train step (`flatness.training.train_step`); the state is donated."""
+def _compile_step(t: run_config.TrainConfig, setup: Setup, loss_transform, per_call: int = 1):
+  """The jitted, sharded train step (`flatness.training.train_step`); the state is donated.
+
+  ``per_call = 1``: ``(state, batch, key) -> (state, metrics)``, one step, the key
+  folded on the host. ``per_call = K > 1`` (`steps_per_call`): ``(state, batches, base_key) -> (state,
+  metrics [K])``, where ``batches`` holds K consecutive global batches stacked on a
+  leading axis and a `lax.scan` makes the K steps, step ``s`` with the key
+  ``fold_in(base_key, s)``, ``s`` the state's own counter: one dispatch and one transfer
+  per K steps (`_Stepper`).
+  """
   step_fn = train_step_lib.make_train_step(
       setup.objective, setup.tx, schedule=setup.schedule,
       grad_accum_steps=t.grad_accum_steps, loss_transform=loss_transform,
-      targets=setup.targets)
+      targets=setup.targets, fast_kernels=t.fast_kernels)
   rep, data = sharding.replicated(setup.mesh), sharding.batch_sharding(setup.mesh)
-  return jax.jit(step_fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+  if per_call == 1:
+    return jax.jit(step_fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                   donate_argnums=(0,))
+
+  def steps(state, batches, base_key):
+    def one(st, batch):
+      return step_fn(st, batch, jax.random.fold_in(base_key, st.step))
+    return jax.lax.scan(one, state, batches)
+
+  stacked = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec(
+      None, sharding.DATA_AXIS))
+  return jax.jit(steps, in_shardings=(rep, stacked, rep), out_shardings=(rep, rep),
                  donate_argnums=(0,))
+
+
+def steps_per_call(t: run_config.TrainConfig) -> int:
+  """K of `_compile_step`: the largest divisor of every periodic action's period (log,
+  evaluation, checkpoint) up to ``train.steps_per_call``, so that calls end on those
+  steps. 1 with several processes, whose coordinated preemption point is a step each
+  checks."""
+  if jax.process_count() > 1:
+    return 1
+  period = math.gcd(t.log_every, t.eval_every, t.checkpoint_every)
+  return max(k for k in range(1, t.steps_per_call + 1) if period % k == 0)
+
+
+class _Stepper:
+  """Feeds `_compile_step`'s function K host batches at a time (fewer before
+  ``num_steps`` or the next periodic action, so that a call never steps past them); with
+  K = 1 one batch per call, its key folded on the host, as the plain loop."""
+
+  def __init__(self, jitted, mesh, base_key, per_call: int, periods):
+    self.jitted, self.mesh, self.per_call, self.periods = jitted, mesh, per_call, periods
+    self.raw_key = base_key
+    self.base_key = jax.device_put(base_key, sharding.replicated(mesh))
+    self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+        None, sharding.DATA_AXIS))
+
+  def count(self, step: int, last: int) -> int:
+    """Steps of the next call from ``step``."""
+    k = min(self.per_call, last - step)
+    for p in self.periods:
+      k = min(k, int(p) - step % int(p))
+    return k
+
+  def __call__(self, state, batches: Iterator[dict], step: int, last: int):
+    """(state, metrics, steps made, tokens) of one call from ``step``; the metrics are
+    stacked [K] when K > 1."""
+    if self.per_call == 1:
+      local = next(batches)
+      tokens = int(np.sum(local["lengths"]) + 2 * len(local["lengths"]))
+      state, metrics = self.jitted(state, sharding.global_batch(local, self.mesh),
+                                   jax.random.fold_in(self.raw_key, step))
+      return state, metrics, 1, tokens * jax.process_count()
+    k = self.count(step, last)
+    local = [next(batches) for _ in range(k)]
+    tokens = sum(int(np.sum(b["lengths"])) + 2 * len(b["lengths"]) for b in local)
+    stacked = {key: jax.make_array_from_process_local_data(
+        self.sharding, np.stack([np.asarray(b[key]) for b in local])) for key in local[0]}
+    state, metrics = self.jitted(state, stacked, self.base_key)
+    return state, metrics, k, tokens * jax.process_count()
 
 
 class _MetricLog:
@@ -315,8 +383,10 @@ class _MetricLog:
     self.pending: list[tuple[int, dict]] = []
     self.tokens, self.timer = 0, None
 
-  def add(self, step: int, metrics: dict, tokens: int) -> None:
-    self.pending.append((step, metrics))
+  def add(self, step: int, metrics: dict, tokens: int, count: int | None = None) -> None:
+    """The metrics of the step that ended at ``step``; with ``count``, of the ``count``
+    steps up to ``step``, stacked on a leading axis."""
+    self.pending.append((step, metrics, count))
     self.tokens += tokens
 
   def pause(self) -> None:
@@ -325,7 +395,13 @@ class _MetricLog:
 
   def flush(self, step: int) -> None:
     self.ckpt.check_for_errors()   # a failed background save stops the run here
-    fetched = jax.device_get(self.pending)
+    fetched = []
+    for s, m, count in jax.device_get(self.pending):
+      if count is None:
+        fetched.append((s, m))
+      else:
+        fetched.extend((s - count + 1 + i, {k: v[i] for k, v in m.items()})
+                       for i in range(count))
     self.pending.clear()
     for s, m in fetched:
       if not m["finite"]:
@@ -384,8 +460,13 @@ def _train(config, t: run_config.TrainConfig, workdir, setup, ckpt, writer, sour
   meta = dict(num_params=param_count(state.params), config=current)
   logging.info("Model: %d parameters; mesh %s over %d devices (%d processes)", meta["num_params"],
                dict(setup.mesh.shape), setup.mesh.size, jax.process_count())
-  jitted = _compile_step(t, setup, loss_transform)
+  per_call = steps_per_call(t)
+  jitted = _compile_step(t, setup, loss_transform, per_call)
   num_steps = t.num_steps if stop_after is None else min(t.num_steps, stop_after)
+  if int(state.step) != step:
+    raise RuntimeError(f"the train state counts {int(state.step)} steps, the run {step}")
+  stepper = _Stepper(jitted, setup.mesh, base_key, per_call,
+                     (t.log_every, t.eval_every, t.checkpoint_every))
   eval_bs = t.eval_batch_size
   batches = input_pipeline.prefetch(source.batches(position), size=t.prefetch)
   guard = preemption.PreemptionGuard()
@@ -396,12 +477,9 @@ def _train(config, t: run_config.TrainConfig, workdir, setup, ckpt, writer, sour
     _save(ckpt, log, 0, state, position, base_key, meta)
   try:
     while step < num_steps:
-      local = next(batches)
-      tokens = int(np.sum(local["lengths"]) + 2 * len(local["lengths"])) * jax.process_count()
-      state, metrics = jitted(state, sharding.global_batch(local, setup.mesh),
-                              jax.random.fold_in(base_key, step))
-      step, position = step + 1, position + 1
-      log.add(step, metrics, tokens)
+      state, metrics, k, tokens = stepper(state, batches, step, num_steps)
+      step, position = step + k, position + k
+      log.add(step, metrics, tokens, k if stepper.per_call > 1 else None)
       if _due(step, t.log_every, num_steps):
         log.flush(step)
       if _due(step, t.eval_every, num_steps):

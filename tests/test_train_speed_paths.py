@@ -1,0 +1,79 @@
+"""The fast training paths compute what the reference paths compute (to float32 rounding).
+
+* `TransformerConfig.fast_grad` (the training step's kernels: a custom weight-gradient
+  rule for the dense layers, GELU by erf): same loss and gradient as JAX's own rules.
+* The trainer's K steps per call (`trainer._compile_step`, keys folded inside): the same
+  steps as one call per step with the key folded on the host.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import wiring
+from experiments.configs import pretrain
+from flatness.model import tokens as tok
+from flatness.model.objectives import Objective
+from flatness.model.transformer import Transformer, TransformerConfig, init_params
+from flatness.runtime import sharding
+from flatness.training import run_config
+from flatness.training import train_step as train_step_lib
+from flatness.training import trainer
+
+
+def test_fast_kernels_same_loss_and_gradient():
+  cfg = TransformerConfig(vocab_size=20, seq_len=10, hidden_size=16, num_layers=2, num_heads=2,
+                          mlp_dim=48, dropout_rate=0.0, attention_dropout_rate=0.0)
+  params = init_params(cfg, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  lengths = np.array([3, 8, 5, 1])
+  batch = dict(tokens=rng.integers(0, 16, (4, 8)).astype(np.int32), lengths=lengths)
+  ref = Objective(Transformer(cfg))
+  fast = train_step_lib.training_objective(ref)
+  assert fast.model.cfg.fast_grad and not ref.model.cfg.fast_grad
+  prepared = ref.prepare(jax.random.key(1), batch)
+  out = []
+  for obj in (ref, fast):
+    out.append(jax.jit(jax.value_and_grad(lambda p, o=obj: o.loss(p, prepared)))(params))
+  (l0, g0), (l1, g1) = out
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g0))
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * scale)
+  # The forward pass (evaluation, curvature) is the plain model's; forward mode still works.
+  ids = tok.encode(batch["tokens"], lengths, cfg.seq_len)
+  v = jax.tree.map(jnp.ones_like, params)
+  jax.jvp(lambda p: ref.model.apply({"params": p}, ids), (params,), (v,))
+
+
+def test_steps_per_call_equal_single_steps():
+  c = pretrain.get_config("tiny")
+  c.model.update(hidden_size=16, mlp_dim=32)
+  c.train.update(batch_size=16, log_every=4, eval_every=8, checkpoint_every=8,
+                 steps_per_call=10, fast_kernels=True)
+  t = run_config.train_config(c.train)
+  assert trainer.steps_per_call(t) == 4
+  built = wiring.build(c, mesh=sharding.make_mesh(1))
+  s = built.setup
+  source = built.source()
+  base = jax.random.key(0)
+  # Reference: one jitted step per batch, the key folded on the host, JAX's own rules.
+  step = jax.jit(train_step_lib.make_train_step(s.objective, s.tx, schedule=s.schedule,
+                                                fast_kernels=False))
+  state = s.create_state(jax.random.key(0))
+  ref_losses = []
+  for i in range(8):
+    state, m = step(state, sharding.global_batch(source.batch(i), s.mesh),
+                    jax.random.fold_in(base, i))
+    ref_losses.append(float(m["loss"]))
+  stepper = trainer._Stepper(trainer._compile_step(t, s, None, 4), s.mesh, base, 4, (4,))
+  fast = s.create_state(jax.random.key(0))
+  batches = source.batches(0)
+  losses = []
+  for start in (0, 4):
+    fast, metrics, k, _ = stepper(fast, batches, start, 8)
+    assert k == 4 and metrics["loss"].shape == (4,)
+    losses.extend(np.asarray(metrics["loss"]).tolist())
+  assert int(fast.step) == 8
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               jax.device_get(fast.params), jax.device_get(state.params))
