@@ -127,7 +127,8 @@ def test_sections_become_typed_once_and_name_what_is_wrong():
   assert isinstance(m.trace, measure.TraceSettings) and m.trace.num_probes == 1
   d = downstream.downstream_config(downstream_configs.get_config("default"))
   assert d.finetune is None and d.probe.tol == 1e-5
-  assert downstream.downstream_config(downstream_configs.get_config("finetune")).finetune.epochs == 10
+  finetune = downstream.downstream_config(downstream_configs.get_config("finetune")).finetune
+  assert finetune.epochs == 10
   bad = measure_configs.get_config()
   del bad.trace["hvp"]
   with pytest.raises(ValueError, match=r"measure.trace: missing fields \['hvp'\]"):

@@ -6,7 +6,8 @@ in layer ``k - 1`` (layer 0 only emits words; any layer may also emit). The
 paper's grammar is: ``A4`` (layer 0), ``A3``, ``A2``, ``A1``, ``S1 .. S9``
 (layer 4), 10 symbols a layer (9 at the top), so of its ``49^3`` binary-rule
 entries only four blocks ``P(layer k -> layer k-1, layer k-1)`` of ``10 x 10 x
-10`` can be non-zero (0.5% of the tensor is). `layers` detects the structure from the rule tensor alone:
+10`` can be non-zero (0.5% of the tensor is). `layers` detects the structure from
+the rule tensor alone:
 the layer of a symbol is its height in the rule graph (0 for a symbol without
 binary rules, else one more than its highest child), and the grammar is
 layered exactly when every rule's two children sit one layer below it.

@@ -525,7 +525,8 @@ def write_csv(a: DriftAnalysis, path: str) -> None:
 def write(workdirs, out_dir: str, *, window: float, tolerance: float | None,
           rows=None) -> dict[str, str]:
   """Analyses the runs and writes the files of the module docstring; returns their paths."""
-  from flatness.analysis import drift_figures  # pylint: disable=g-import-not-at-top  (imports this one)
+  # Imported here: drift_figures imports this module.
+  from flatness.analysis import drift_figures  # pylint: disable=g-import-not-at-top
   a = analyze(workdirs, window=window, tolerance=tolerance, rows=rows)
   os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
   paths = dict(drift=os.path.join(out_dir, "drift.md"),

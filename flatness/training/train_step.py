@@ -99,8 +99,8 @@ def training_objective(objective: Objective) -> Objective:
   cfg = objective.model.cfg
   if cfg.fast_grad:
     return objective
-  return dataclasses.replace(objective,
-                             model=objective.model.clone(cfg=dataclasses.replace(cfg, fast_grad=True)))
+  fast = dataclasses.replace(cfg, fast_grad=True)
+  return dataclasses.replace(objective, model=objective.model.clone(cfg=fast))
 
 
 def make_train_step(objective: Objective, tx: optax.GradientTransformationExtraArgs, *,

@@ -295,11 +295,11 @@ def _compile_step(t: run_config.TrainConfig, setup: Setup, loss_transform, per_c
   """The jitted, sharded train step (`flatness.training.train_step`); the state is donated.
 
   ``per_call = 1``: ``(state, batch, key) -> (state, metrics)``, one step, the key
-  folded on the host. ``per_call = K > 1`` (`steps_per_call`): ``(state, batches, base_key) -> (state,
-  metrics [K])``, where ``batches`` holds K consecutive global batches stacked on a
-  leading axis and a `lax.scan` makes the K steps, step ``s`` with the key
-  ``fold_in(base_key, s)``, ``s`` the state's own counter: one dispatch and one transfer
-  per K steps (`_Stepper`).
+  folded on the host. ``per_call = K > 1`` (`steps_per_call`): ``(state, batches,
+  base_key) -> (state, metrics [K])``, where ``batches`` holds K consecutive global
+  batches stacked on a leading axis and a `lax.scan` makes the K steps, step ``s`` with
+  the key ``fold_in(base_key, s)``, ``s`` the state's own counter: one dispatch and one
+  transfer per K steps (`_Stepper`).
   """
   step_fn = train_step_lib.make_train_step(
       setup.objective, setup.tx, schedule=setup.schedule,
@@ -340,7 +340,10 @@ class _Stepper:
   def __init__(self, jitted, mesh, base_key, per_call: int, periods):
     self.jitted, self.mesh, self.per_call, self.periods = jitted, mesh, per_call, periods
     self.raw_key = base_key
-    self.base_key = jax.device_put(base_key, sharding.replicated(mesh))
+    # On the mesh for the scan's calls (single-process only: K = 1 with several processes,
+    # where a host-local key could not be put on other processes' devices).
+    self.base_key = (jax.device_put(base_key, sharding.replicated(mesh)) if per_call > 1
+                     else None)
     self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
         None, sharding.DATA_AXIS))
 
