@@ -20,7 +20,7 @@ setuptools.setup(
         "jax>=0.7",
         "flax>=0.10",
         "optax>=0.2.4",
-        "orbax-checkpoint>=0.11.20",
+        "orbax-checkpoint>=0.12.8",   # partial restore of the params alone
         "ml-collections>=1.0",
         "absl-py>=2.0",
         "numpy>=1.26",

@@ -36,6 +36,22 @@ def evaluate_when(config) -> Callable[[int, dict], bool] | None:
   return wiring.within(tolerance(config)) if mode == "within_tolerance" else None
 
 
+def _check_evals(config, when) -> None:
+  """Refuses settings whose combination would silently evaluate nothing."""
+  evals = list(config.evals)
+  if when is None:
+    return
+  gated = [e for e in evals if e in ("curvature", "downstream")]
+  if "loss" not in evals or any(evals.index(e) < evals.index("loss") for e in gated):
+    raise ValueError(f"evals={tuple(evals)}: analysis.evaluate='within_tolerance' reads each "
+                     "checkpoint's loss gap, so 'loss' must come before curvature and "
+                     "downstream")
+  if config.analysis.probe == "ends":
+    raise ValueError("analysis.probe='ends' with analysis.evaluate='within_tolerance': the "
+                     "ends are the first and last kept checkpoints, which need not be within "
+                     "the tolerance; use evaluate='all' or probe='all'")
+
+
 def probe_steps(config, workdir: str, *, probe_start: bool) -> list[int] | None:
   """Checkpoint steps the probes visit: all (None) with ``analysis.probe = "all"``; with
   ``"ends"`` only the last kept checkpoint, and the first when ``probe_start`` (a run
@@ -92,9 +108,10 @@ def run_one(run: Run, workdir: str, *, mesh=None, stages=("pretrain", "evaluate"
   if "evaluate" in stages:
     t0 = time.perf_counter()
     when = evaluate_when(c)
-    options = {"curvature": dict(when=when),
-               "downstream": dict(when=when, steps=probe_steps(c, workdir,
-                                                               probe_start=probe_start))}
+    _check_evals(c, when)
+    options = {"curvature": dict(when=when, force=bool(c.measure.force)),
+               "downstream": dict(when=when, force=bool(c.downstream.force),
+                                  steps=probe_steps(c, workdir, probe_start=probe_start))}
     wiring.evaluate_run(workdir, c, list(c.evals), mesh=mesh, options=options)
     times["evaluate"] = time.perf_counter() - t0
   logging.info("run %s: %s", run.name, ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))

@@ -11,9 +11,11 @@ algorithm,mechanism}.py``) holds four sections and a sweep:
               restored once (`experiments.wiring.EVALUATORS`: loss, curvature, downstream)
   analysis    ``tolerance``: loss gap (nats) under which checkpoints are correlated;
               ``evaluate``: ``all`` checkpoints are measured and probed, or only those
-              ``within_tolerance`` (the ones the correlations use); ``probe``: ``all``
-              of those probed, or the ``ends`` (each run's last, and its first unless an
-              earlier run started from the same phase-1 checkpoint); ``drift_window``
+              ``within_tolerance`` (the ones the correlations use; ``loss`` must come
+              before them in ``evals``); ``probe``: ``all`` of those probed, or the
+              ``ends`` (each run's last kept checkpoint, and its first unless an earlier
+              run started from the same phase-1 checkpoint; refused with
+              ``within_tolerance``, whose ends need not be within it); ``drift_window``
               (mechanism only): steps over which `flatness.analysis.drift_report` fits the initial
               drift rates
   sweep       a tuple of dicts, one per recipe: ``name`` plus dotted overrides of the

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from absl import logging
 
+from experiments import runner
 from experiments import wiring
 from experiments.configs import downstream as downstream_configs
 from experiments.configs import measure as measure_configs
+from experiments.configs import mechanism
 from experiments.configs import pretrain
 from flatness.curvature import measure
 from flatness.runtime import checkpoint_walk
@@ -107,6 +109,24 @@ def test_one_pass_restores_each_checkpoint_once_and_skips_what_is_done(trained, 
   assert checkpoint_walk.walk(trained, abstract, entries) == {}
   # Only c at step 3 is still open, and its condition says no: nothing is even restored.
   assert restores == []
+  # A forced entry runs again where its metrics are there.
+  assert sorted(checkpoint_walk.walk(trained, abstract, [checkpoint_walk.Entry(a, force=True)]))\
+      == [3, 6]
+  assert restores == [3, 6] and [s for s, _ in a.seen] == [3, 6, 3, 6]
+
+
+def test_settings_that_would_evaluate_nothing_are_refused():
+  config = mechanism.get_config("tiny")
+  assert config.analysis.probe == "ends"
+  runner._check_evals(config, runner.evaluate_when(config))       # evaluate = "all": fine
+  config.analysis.update(evaluate="within_tolerance", tolerance=0.05)
+  with pytest.raises(ValueError, match="probe='ends'"):
+    runner._check_evals(config, runner.evaluate_when(config))
+  config.analysis.probe = "all"
+  runner._check_evals(config, runner.evaluate_when(config))
+  config.evals = ("curvature", "loss", "downstream")
+  with pytest.raises(ValueError, match="'loss' must come before"):
+    runner._check_evals(config, runner.evaluate_when(config))
 
 
 def test_an_old_run_record_reads_with_todays_defaults(trained, tmp_path):
@@ -165,6 +185,14 @@ def test_the_per_function_cache_builds_once_and_names_a_fresh_closure(monkeypatc
     compiled(lambda x: x + 1, 2)                              # a fresh closure per call
   assert built == [2, 2, 2, 2]
   assert len(warnings) == 1 and "fresh closure" in warnings[0]
+
+  def scaled(k):
+    return lambda x: x * k
+  compiled(scaled(3), 1)
+  compiled(scaled(4), 1)              # the same code over another value: another program
+  assert len(warnings) == 1
+  compiled(scaled(3), 1)              # equal to the first, a new object: compiled again
+  assert len(warnings) == 2 and built == [2, 2, 2, 2, 1, 1, 1]
 
 
 def test_loss_evaluator_is_the_training_evaluation():

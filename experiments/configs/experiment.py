@@ -31,7 +31,8 @@ def make(name: str, pre: ml_collections.ConfigDict, *, measure_variant="trace",
   # tolerance: loss gap (nats) under which checkpoints are compared ("same loss");
   # evaluate: all | within_tolerance (measure and probe only those checkpoints).
   # probe: all | ends (probes at each run's last checkpoint, and at its first unless an
-  # earlier run of the sweep started from the same phase-1 checkpoint).
+  # earlier run of the sweep started from the same phase-1 checkpoint; not with
+  # evaluate=within_tolerance, whose ends need not be within the tolerance).
   # drift_window (mechanism): steps over which the drift report fits initial rates; 0: none.
   c.analysis = ml_collections.ConfigDict(dict(tolerance=tolerance, num_bootstrap=1000,
                                               evaluate="all", probe="all", drift_window=0.0))

@@ -36,11 +36,13 @@ class Entry:
 
   steps: only these steps (None: every kept checkpoint);
   when: ``(step, row) -> bool``, where ``row`` holds every metric known at the step
-    (from ``metrics.jsonl`` and from the evaluators before this one in the pass).
+    (from ``metrics.jsonl`` and from the evaluators before this one in the pass);
+  force: run it also where its metrics are there already.
   """
   evaluator: Any
   steps: Collection[int] | None = None
   when: Callable[[int, dict], bool] | None = None
+  force: bool = False
 
   def tags(self) -> list[str]:
     return [f"{self.evaluator.prefix}/{t}" for t in self.evaluator.required]
@@ -81,7 +83,7 @@ def walk(workdir: str, abstract_params, entries: Sequence[Entry], *, steps=None,
     for step in wanted:
       row = dict(rows.get(step, {}))
       todo = [e for e in entries if (e.steps is None or step in e.steps)
-              and (force or not all(t in row for t in e.tags()))]
+              and (force or e.force or not all(t in row for t in e.tags()))]
       if not todo:
         logging.info("step %d: already evaluated", step)
         continue

@@ -111,6 +111,7 @@ class Checkpointer:
         preservation_policy=policies.AnyPreservationPolicy(keep),
         enable_async_checkpointing=async_save, create=True)
     self.directory = absolute(directory)
+    self._params_reader = None      # restore_params' checkpointer, made on first use
     # Explicit handlers let a fresh manager read the metadata of an existing run.
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
@@ -224,8 +225,10 @@ class Checkpointer:
           + "\n".join(f"  {p}: checkpoint {have.get(p, 'absent')}, model {want.get(p, 'absent')}"
                       for p in paths))
     item = {"params": abstract_params}
+    if self._params_reader is None:
+      self._params_reader = ocp.PyTreeCheckpointer()
     try:
-      out = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      out = self._params_reader.restore(state_dir, args=ocp.args.PyTreeRestore(
           item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
           partial_restore=True))
     except Exception as e:  # pylint: disable=broad-except
@@ -290,4 +293,6 @@ class Checkpointer:
     try:
       self.wait()
     finally:
+      if self._params_reader is not None:
+        self._params_reader.close()
       self.manager.close()

@@ -8,7 +8,10 @@ missing field is one clear error at start, not a silent second default deep in
 the library.
 """
 import dataclasses
+import numbers
 from typing import Any, Mapping, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -45,6 +48,20 @@ def from_section(cls: type[T], section: "Mapping[str, Any] | T", name: str, *,
     if dataclasses.is_dataclass(ftype) and not isinstance(v, ftype):
       out[k] = from_section(ftype, v, f"{name}.{k}")      # a nested section
       continue
-    cast = _CASTS.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-    out[k] = cast(v) if cast is not None and v is not None else v
+    kind = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", "")
+    out[k] = _cast(kind, v, f"{name}.{k}") if kind in _CASTS and v is not None else v
   return cls(**out)
+
+
+def _cast(kind: str, v, name: str):
+  """``v`` as ``kind`` when that loses nothing (an int for a float, an integral float for an
+  int); a value of another type is an error, not a conversion (``str(("A",))`` is no task
+  list, ``int(0.5)`` no count)."""
+  number = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+  ok = {"int": number and float(v).is_integer(),
+        "float": number,
+        "str": isinstance(v, str),
+        "bool": isinstance(v, (bool, np.bool_))}[kind]
+  if not ok:
+    raise ValueError(f"{name}: {v!r} is not {'an' if kind == 'int' else 'a'} {kind}")
+  return _CASTS[kind](v)

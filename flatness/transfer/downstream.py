@@ -87,6 +87,8 @@ def downstream_config(section) -> DownstreamConfig:
   if isinstance(section, DownstreamConfig):
     return section
   fields = dict(section)
+  if "tasks" in fields and not isinstance(fields["tasks"], str):   # a sequence of names
+    fields["tasks"] = ",".join(fields["tasks"])
   if "probe" in fields:
     fields["probe"] = config_types.from_section(probe.ProbeConfig, fields["probe"],
                                                 "downstream.probe")
