@@ -4,7 +4,7 @@ The library (`flatness`) takes arrays, iterators and typed sections and returns
 numbers; it never builds a language. Every entry point (pretrain, measure,
 downstream, run, quickstart) goes through here:
 
-  config.data -> `make_language`    the language (data_gen.registry)
+  config.data -> `data_gen.registry.make_language`   the language
   config      -> `setup`            model, objective, optimizer, mesh, exact targets
               -> `make_source`      training batches (a language stream or a TFDS dataset)
               -> `make_validation`  sentences with their exact conditionals
@@ -48,11 +48,6 @@ from flatness.transfer import downstream
 
 # Seeds of the fixed draws (with the configured seed): validation, measurement, tasks.
 VALIDATION_STREAM, MEASURE_STREAM, TASK_STREAM = 2**31 - 1, 7919, 15485863
-
-
-def make_language(data):
-  """The language of ``config.data``."""
-  return registry.make_language(data)
 
 
 def training_targets(kind: str, language, objective: Objective) -> Callable | None:
@@ -156,7 +151,7 @@ class Built:
 
 def build(config, *, mesh=None, language=None, training: bool = True) -> Built:
   """The language of ``config.data`` (or ``language``) and the `setup` for it."""
-  language = language or make_language(config.data)
+  language = language or registry.make_language(config.data)
   return Built(config, language, setup(config, language=language, mesh=mesh,
                                        training=training))
 

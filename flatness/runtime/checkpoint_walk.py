@@ -58,11 +58,6 @@ def known_rows(workdir: str) -> dict[int, dict]:
   return rows
 
 
-def done_steps(workdir: str, tags) -> set[int]:
-  """Steps at which every one of ``tags`` has been written to ``metrics.jsonl``."""
-  return {s for s, row in known_rows(workdir).items() if all(t in row for t in tags)}
-
-
 def walk(workdir: str, abstract_params, entries: Sequence[Entry], *, steps=None,
          force: bool = False) -> dict[int, dict]:
   """Runs every entry's evaluator at every kept checkpoint of the run (or ``steps``).
