@@ -1,12 +1,19 @@
 r"""Cost of Hessian-vector products, and accuracy of the trace estimators per product.
 
-  python -m benchmarks.curvature [--presets=tiny,2m,9m] [--batch_size=32]
+  python -m benchmarks.curvature [--presets=tiny,2m,9m] [--batch_size=32] [--repeats=10]
 
-Table 1, per size preset (MLM loss on a batch of length-32 sequences, float32),
-measured side by side in one run: the time of one gradient and, for each order
-of differentiation (`flatness.curvature.hessian.HVP_METHODS`), of one Hessian-vector
-product alone and per product within a vmapped chunk of 8 probes (how
-`flatness.curvature.trace` evaluates them), each with its ratio to the gradient.
+Table 1, per size preset (MLM loss on batches of length-32 sequences, float32),
+measured side by side in one run: the time of one gradient and, for each HVP
+method (`flatness.curvature.hessian.HVP_METHODS`), the time per Hessian-vector
+product in three settings: one product alone (x1); a chunk of 8 probes on one
+batch in one vmapped pass (`hessian.hvps`, how `flatness.curvature.trace`
+evaluates a batch's probes; ``linearized`` linearises the gradient once and maps
+the 8 probes through its tangent map); and a chunk of 8 (batch, probe) pairs,
+8 different batches with one probe each, in one vmapped pass (how
+``hessian_trace(..., across_batches=True)`` evaluates one probe per batch).
+Each cell is ms per product, its ratio to the gradient, and products per second.
+Nothing in it is CPU-specific: on an accelerator it times the same programs
+(the batches and probes are placed on the default device).
 
 Table 2, on a transformer small enough for a dense Hessian (float64): the
 relative error ``|estimate - tr(H)| / tr(H)`` of each trace estimator, averaged
@@ -33,15 +40,18 @@ _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per measurement.")
 _SEEDS = flags.DEFINE_integer("seeds", 10, "Seeds per estimator and budget in table 2.")
 
 
-def _problem(cfg, batch_size, seed=0):
-  obj = Objective(Transformer(cfg))
-  params = init_params(cfg, jax.random.key(seed))
+def _batch(obj, cfg, batch_size, seed):
   rng = np.random.default_rng(seed)
   raw = dict(tokens=rng.integers(0, cfg.vocab_size - tok.NUM_SPECIAL,
                                  (batch_size, cfg.seq_len - 2)).astype(np.int32),
              lengths=rng.integers(2, cfg.seq_len - 1, batch_size).astype(np.int32))
-  batch = {k: v for k, v in obj.prepare(jax.random.key(1), raw).items() if v is not None}
-  return obj, params, batch
+  return {k: v for k, v in obj.prepare(jax.random.key(1 + seed), raw).items() if v is not None}
+
+
+def _problem(cfg, batch_size, seed=0):
+  obj = Objective(Transformer(cfg))
+  params = init_params(cfg, jax.random.key(seed))
+  return obj, params, _batch(obj, cfg, batch_size, seed)
 
 
 def _time(fn, *args, repeats):
@@ -53,14 +63,19 @@ def _time(fn, *args, repeats):
   return (time.perf_counter() - start) / repeats
 
 
-CHUNK = 8   # probes per vmapped pass, as `flatness.curvature.trace` visits them (``trace.chunk``)
+CHUNK = 8   # products per vmapped pass, as `flatness.curvature.trace` evaluates them (``chunk``)
+
+
+def _cell(t, tg):
+  return f"{1e3 * t:.1f} ({t / tg:.2f}, {1 / t:.1f}/s)"
 
 
 def table_hvp(names, batch_size, repeats):
-  """Per preset: one gradient, then per HVP method one product alone and one product
-  within a vmapped chunk of `CHUNK` probes (time per product), all on the same batch."""
-  head = ["preset", "params", "gradient (ms)"] + [
-      f"{m} {kind} (ms, ratio)" for m in hs.HVP_METHODS for kind in ("x1", f"x{CHUNK}/{CHUNK}")]
+  """Per preset: one gradient, then per HVP method the time per product alone, in a chunk
+  of `CHUNK` probes on one batch and in a chunk of `CHUNK` batches with one probe each."""
+  head = ["preset", "params", "gradient (ms)", "method", "x1", f"{CHUNK} probes, 1 batch",
+          f"{CHUNK} batches, 1 probe each"]
+  print("ms per HVP (ratio to the gradient, HVPs/s)")
   print("| " + " | ".join(head) + " |")
   print("|" + "---|" * len(head))
   for name in names:
@@ -69,19 +84,23 @@ def table_hvp(names, batch_size, repeats):
     cfg = TransformerConfig(vocab_size=tok.model_vocab_size(200), seq_len=32,
                             dropout_rate=0.0, attention_dropout_rate=0.0, **fields)
     obj, params, batch = _problem(cfg, batch_size)
+    batches = tuple(jax.device_put(_batch(obj, cfg, batch_size, 100 + i)) for i in range(CHUNK))
     loss = lambda p, b: obj.loss(p, b)
     tg = _time(jax.jit(jax.grad(loss)), params, batch, repeats=repeats)
     v = hs.probe(jax.random.key(2), params)
     vs = jax.vmap(lambda k: hs.probe(k, params))(jax.random.split(jax.random.key(3), CHUNK))
-    cells = [name, f"{sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M",
-             f"{1e3 * tg:.1f}"]
+    size = f"{sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M"
     for method in hs.HVP_METHODS:
       one = lambda p, vv, b, m=method: hs.hvp(loss, p, vv, b, method=m)
+      probes = lambda p, vv, b, m=method: hs.hvps(loss, p, vv, b, method=m)
+      pairs = lambda p, vv, bs, one=one: jax.vmap(one, in_axes=(None, 0, 0))(
+          p, vv, hs.stack_batches(bs))
       t1 = _time(jax.jit(one), params, v, batch, repeats=repeats)
-      tc = _time(jax.jit(jax.vmap(one, in_axes=(None, 0, None))), params, vs, batch,
-                 repeats=repeats) / CHUNK
-      cells += [f"{1e3 * t1:.1f} ({t1 / tg:.2f})", f"{1e3 * tc:.1f} ({tc / tg:.2f})"]
-    print("| " + " | ".join(cells) + " |", flush=True)
+      tc = _time(jax.jit(probes), params, vs, batch, repeats=repeats) / CHUNK
+      tp = _time(jax.jit(pairs), params, vs, batches, repeats=repeats) / CHUNK
+      cells = [name, size, f"{1e3 * tg:.1f}", method, _cell(t1, tg), _cell(tc, tg),
+               _cell(tp, tg)]
+      print("| " + " | ".join(cells) + " |", flush=True)
 
 
 def table_estimators(seeds):

@@ -1,4 +1,3 @@
-from flatness.runtime import fn_cache
 """Hessian-vector products, probes and parameter selections on params pytrees.
 
 Everything curvature-related starts here. A *loss* is either ``loss_fn(params)``
@@ -9,8 +8,10 @@ a time (fixed memory; each batch may be sharded over a device mesh, and the
 jitted products then run data-parallel).
 
 ``hvp`` is forward-over-reverse, ``jvp(grad(L))``, by default: one gradient's
-memory and about two to three gradients' time. The other two orders give the
-same product (`HVP_METHODS`; `benchmarks.curvature` times all three side by side).
+memory and about two to three gradients' time. The other orders give the same
+product (`HVP_METHODS`), and ``linearized`` shares one linearisation of the
+gradient among a chunk of probes (`hvps`); `benchmarks.curvature` times them all
+side by side.
 """
 import dataclasses
 import functools
@@ -20,10 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flatness.runtime import fn_cache
+
 PyTree = Any
 
 
-HVP_METHODS = ("forward_over_reverse", "reverse_over_forward", "reverse_over_reverse")
+HVP_METHODS = ("forward_over_reverse", "reverse_over_forward", "reverse_over_reverse",
+               "linearized")
 
 
 def hvp(loss_fn: Callable, params: PyTree, v: PyTree, *args,
@@ -34,7 +38,10 @@ def hvp(loss_fn: Callable, params: PyTree, v: PyTree, *args,
   through the backward pass); ``reverse_over_forward``: the gradient of the
   directional derivative ``<grad L, v>`` computed in forward mode;
   ``reverse_over_reverse``: the gradient of ``<grad L, v>`` computed in reverse
-  mode (stores the backward pass's intermediates: the most memory).
+  mode (stores the backward pass's intermediates: the most memory);
+  ``linearized``: ``jax.linearize`` of the gradient, then its linear map at ``v``.
+  For one product that is forward-over-reverse split in two; it differs only for
+  a chunk of probes (`hvps`).
   """
   if method == "forward_over_reverse":
     return jax.jvp(lambda p: jax.grad(loss_fn)(p, *args), (params,), (v,))[1]
@@ -42,7 +49,45 @@ def hvp(loss_fn: Callable, params: PyTree, v: PyTree, *args,
     return jax.grad(lambda p: jax.jvp(lambda q: loss_fn(q, *args), (p,), (v,))[1])(params)
   if method == "reverse_over_reverse":
     return jax.grad(lambda p: vdot(jax.grad(loss_fn)(p, *args), v))(params)
+  if method == "linearized":
+    return linearized_hvp(loss_fn, params, *args)(v)
   raise ValueError(f"hvp must be one of {HVP_METHODS}, got {method!r}")
+
+
+def linearized_hvp(loss_fn: Callable, params: PyTree, *args) -> Callable[[PyTree], PyTree]:
+  """``v -> H v`` at ``(params, *args)``, linearised once.
+
+  Cost model: ``jax.linearize`` runs the primal and the backward pass of the
+  gradient once (one gradient) and keeps the residuals that the gradient's
+  tangent map needs; each call then runs the tangent pass only, the tangent
+  half of forward-over-reverse (for a matmul-dominated model about twice a
+  gradient's flops: each product ``x W`` has the two tangent terms ``dx W`` and
+  ``x dW``). So ``k`` probes cost one gradient plus ``k`` tangent passes.
+  Memory: the stored residuals, about the activations of one backward pass,
+  live for as long as the returned function does. The returned map is linear
+  and can be vmapped over probes (`hvps`).
+  """
+  return jax.linearize(lambda p: jax.grad(loss_fn)(p, *args), params)[1]
+
+
+def hvps(loss_fn: Callable, params: PyTree, vs: PyTree, *args,
+         method: str = "forward_over_reverse") -> PyTree:
+  """``H v`` for each probe of a chunk ``vs`` (pytree leaves with a leading probe axis),
+  all on the same ``(params, *args)``: the products of one batch in one pass.
+
+  ``linearized``: the gradient is linearised once (`linearized_hvp`: the primal and
+  backward pass once, their residuals stored) and only its tangent map is vmapped
+  over the chunk. The other methods vmap `hvp` over the probes; their primal parts
+  do not depend on the probe, so vmap also computes those once (the compiled
+  programs can still differ in how they schedule the batched tangent work, which
+  is what `benchmarks.curvature` compares). Memory grows with the chunk: the
+  batched tangents, plus the residuals for ``linearized``.
+  """
+  if method == "linearized":
+    return jax.vmap(linearized_hvp(loss_fn, params, *args))(vs)
+  if method not in HVP_METHODS:
+    raise ValueError(f"hvp must be one of {HVP_METHODS}, got {method!r}")
+  return jax.vmap(lambda v: hvp(loss_fn, params, v, *args, method=method))(vs)
 
 
 def path_name(path) -> str:
@@ -218,11 +263,39 @@ def samples_per_batch(fn, params, key, batches, num: int, chunk: int) -> list[np
   padded = -(-num // chunk) * chunk
   out = []
   for g, batch in enumerate(groups):
-    keys = jax.random.split(jax.random.fold_in(key, g), padded)
+    keys = probe_keys(key, g, padded, chunk)
     args = () if batch is None else (batch,)
     rows = [fn(params, keys[s:s + chunk], *args) for s in range(0, padded, chunk)]
     out.append(np.concatenate(jax.device_get(rows)).astype(np.float64)[:num])
   return out
+
+
+def probe_keys(key, group: int, num: int, chunk: int):
+  """The ``num`` sample keys of group (batch) ``group`` as `samples_per_batch` draws them."""
+  chunk = min(chunk, num)
+  return jax.random.split(jax.random.fold_in(key, group), -(-num // chunk) * chunk)[:num]
+
+
+def samples_across_batches(fn, params, key, batches, num: int, chunk: int) -> list[np.ndarray]:
+  """`samples_per_batch` with each compiled pass filled by (batch, key) pairs across batches.
+
+  ``fn(params, keys [c], batches [c, ...]) -> [c, ...]`` takes a stacked batch per key,
+  so one pass evaluates ``c`` products of up to ``c`` different batches (for one sample
+  per batch, ``c`` batches at once). The pairs are batch 0's keys, then batch 1's, ...,
+  in chunks of ``c = chunk`` (the last padded by repeating its final pair, whose extra
+  results are dropped); the keys are `samples_per_batch`'s (`probe_keys`), so the samples
+  are the same up to float rounding. A pass holds ``c`` batches (stacked inside the jitted
+  ``fn``) and their ``c`` products' intermediates.
+  """
+  groups = list(batches)
+  total = len(groups) * num
+  c = min(chunk, total)
+  order = np.arange(total + (-total % c)).clip(max=total - 1)   # pair i: batch i // num
+  keys = jnp.concatenate([probe_keys(key, g, num, chunk) for g in range(len(groups))])[order]
+  rows = [fn(params, keys[s:s + c], tuple(groups[i // num] for i in order[s:s + c]))
+          for s in range(0, len(order), c)]
+  flat = np.concatenate(jax.device_get(rows)).astype(np.float64)
+  return [flat[g * num:(g + 1) * num] for g in range(len(groups))]
 
 
 def stratified(samples: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

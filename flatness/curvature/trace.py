@@ -7,7 +7,8 @@ unit^2 for our losses), estimated by Hutchinson's method.
 * ``hutchinson``: ``tr(H) = E[v^T H v]`` for probes with ``E[v v^T] = I``.
   Rademacher probes have variance ``2 (||H||_F^2 - sum_i H_ii^2)`` per probe,
   Gaussian ones ``2 ||H||_F^2``; the standard error is the sample standard
-  deviation over probes / sqrt(probes). Probes run in vmapped chunks. With
+  deviation over probes / sqrt(probes). Probes run in vmapped chunks, of one
+  batch's probes or (``across_batches``) of (batch, probe) pairs. With
   several batches, each batch gets its own ``num_probes`` probes (the paper
   draws one probe per fresh minibatch of 128 sentences). When the batches are
   independent draws of evaluation sentences and masks (``error='population'``,
@@ -63,30 +64,45 @@ class TraceEstimate:
 
 
 @fn_cache.per_function(maxsize=64)
-def _forms(loss_fn, kind, mask_leaves, id_leaves, num_modules, with_batch,
-           hvp_method="forward_over_reverse"):
-  """Cached jitted ``(params, keys [c], *batch) -> [c, modules]`` of ``sum_module v * Hv``."""
+def _forms(loss_fn, kind, mask_leaves, id_leaves, num_modules,
+           hvp_method="forward_over_reverse", across_batches=False):
+  """Cached jitted ``sum_module v * Hv`` per probe, ``[c, modules]``: ``(params, keys [c],
+  *batch)`` (the probes of one batch, `hessian.hvps`), or with ``across_batches``
+  ``(params, keys [c], batches)``, a tuple of ``c`` batches stacked here, probe ``i``
+  on batch ``i`` (one product per pair, vmapped; `hessian.samples_across_batches`)."""
 
-  def one(params, key, *batch):
-    mask = jax.tree.unflatten(jax.tree.structure(params), list(mask_leaves))
-    v = hs.probe(key, params, kind, mask)
-    hv = hs.hvp(loss_fn, params, v, *batch, method=hvp_method)
+  def forms(v, hv):
     out = jnp.zeros(num_modules, jnp.float32)
     for vi, hi, m in zip(jax.tree.leaves(v), jax.tree.leaves(hv), id_leaves):
       if m >= 0:
         out = out.at[m].add(jnp.vdot(vi, hi).astype(out.dtype))
     return out
 
-  return jax.jit(jax.vmap(one, in_axes=(None, 0) + ((None,) if with_batch else ())))
+  def probes(params, keys):
+    mask = jax.tree.unflatten(jax.tree.structure(params), list(mask_leaves))
+    return jax.vmap(lambda k: hs.probe(k, params, kind, mask))(keys)
+
+  def chunk(params, keys, *batch):
+    vs = probes(params, keys)
+    return jax.vmap(forms)(vs, hs.hvps(loss_fn, params, vs, *batch, method=hvp_method))
+
+  def pairs(params, keys, batches):
+    vs, stacked = probes(params, keys), hs.stack_batches(batches)
+    hv = jax.vmap(lambda v, b: hs.hvp(loss_fn, params, v, b, method=hvp_method))(vs, stacked)
+    return jax.vmap(forms)(vs, hv)
+
+  return jax.jit(pairs if across_batches else chunk)
 
 
 def _hutchinson(loss_fn, params, key, batches, num_probes, kind, mask, chunk, error,
-                hvp_method):
+                hvp_method, across_batches):
   names, ids = hs.module_index(params, mask)
+  across = across_batches and batches is not None
   forms = _forms(loss_fn, kind, tuple(jax.tree.leaves(mask)), tuple(jax.tree.leaves(ids)),
-                 len(names), batches is not None, hvp_method)
+                 len(names), hvp_method, across)
+  sample = hs.samples_across_batches if across else hs.samples_per_batch
   per_group = [np.concatenate([x, x.sum(axis=1, keepdims=True)], axis=1)   # + the total
-               for x in hs.samples_per_batch(forms, params, key, batches, num_probes, chunk)]
+               for x in sample(forms, params, key, batches, num_probes, chunk)]
   mean, se = hs.pooled(per_group, error)                          # [modules + 1]
   per_module = {n: (float(mean[i]), float(se[i])) for i, n in enumerate(names)}
   return TraceEstimate(float(mean[-1]), float(se[-1]), len(per_group) * num_probes, "hutchinson",
@@ -125,8 +141,8 @@ def _xtrace(op: hs.HessianOperator, key, num_matvecs):
 def hessian_trace(loss_fn: Callable, params, key, *, batches: Sequence[Any] | None = None,
                   num_probes: int = 32, probe: str = "rademacher", method: str = "hutchinson",
                   include: Callable[[str], bool] | None = None, chunk: int = 8,
-                  error: str | None = None,
-                  hvp: str = "forward_over_reverse") -> TraceEstimate:
+                  error: str | None = None, hvp: str = "forward_over_reverse",
+                  across_batches: bool = False) -> TraceEstimate:
   """Estimates ``tr(H)`` of ``loss_fn`` (mean over ``batches`` if given) at ``params``.
 
   Args:
@@ -142,10 +158,17 @@ def hessian_trace(loss_fn: Callable, params, key, *, batches: Sequence[Any] | No
     include: ``include(name) -> bool`` on parameter paths like 'layer_0/attn/query/kernel';
       the trace is of the Hessian block of the included parameters
       (`hessian.paper_selection` drops the pooler and the MLM output bias, as the paper).
-    chunk: probes evaluated together (vmapped); memory grows with it.
+    chunk: products evaluated together (vmapped); memory grows with it.
     hvp: the order of differentiation of each product (`hessian.HVP_METHODS`, hutchinson
-      only). Per product within a chunk of 8, ``reverse_over_forward`` costs 1.45-2.02
-      gradients on the CPU against 2.28-2.58 for the default (`benchmarks.curvature`).
+      only). ``linearized`` linearises the gradient once per batch and chunk (the primal
+      and backward pass once, their residuals kept in memory) and runs only the tangent
+      pass per probe (`hessian.hvps`). `benchmarks.curvature` times each per product,
+      alone, in a chunk of probes and in a chunk across batches.
+    across_batches: fill each chunk with (batch, probe) pairs across the batches instead
+      of with probes of one batch, so that with one probe per batch a pass still holds
+      ``chunk`` products (of ``chunk`` batches; memory: ``chunk`` batches' products).
+      Same probes and batches, so the same estimate up to float rounding
+      (`hessian.samples_across_batches`). Hutchinson with ``batches`` only.
     error: what ``stderr`` covers: 'population' (the batches are independent draws;
       hutchinson only, at least 2 batches), 'conditional' (given these batches), or None:
       population for hutchinson with >= 2 batches, else conditional. The estimate's
@@ -157,8 +180,10 @@ def hessian_trace(loss_fn: Callable, params, key, *, batches: Sequence[Any] | No
     raise ValueError(f"num_probes must be positive, got {num_probes}")
   mask = hs.selection_mask(params, include)
   if method == "hutchinson":
+    if hvp not in hs.HVP_METHODS:
+      raise ValueError(f"hvp must be one of {hs.HVP_METHODS}, got {hvp!r}")
     return _hutchinson(loss_fn, params, key, batches, num_probes, probe, mask, chunk,
-                       hs.resolve_error(error, batches), hvp)
+                       hs.resolve_error(error, batches), hvp, across_batches)
   if error == "population":
     raise ValueError(f"method={method!r} estimates the trace of the mean Hessian over the given "
                      "batches; its error is conditional on them. Use method='hutchinson' for a "
