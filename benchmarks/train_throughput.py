@@ -4,6 +4,9 @@ r"""Training throughput: step time, steps/s, tokens/s and GFLOP/s against the ma
   # timed in alternating blocks in one process; on a shared 2-core CPU pin it to a core:
   taskset -c 1 python -m benchmarks.train_throughput
   python -m benchmarks.train_throughput --config=pcfg_compact --rounds=10 --block=50
+  # "now" data-parallel over one CPU device per core (the default stays on one device):
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m benchmarks.train_throughput \
+      --now_devices=2
 
   # The size presets on an accelerator (one jitted step, the paper's sentence shape):
   python -m benchmarks.train_throughput --presets=41m,85m,235m --batch_size=256 \
@@ -21,6 +24,10 @@ Default mode, one table per variant and per measure (the same batches, keys and 
   training kernels, `TransformerConfig.fast_grad`).
 * ``step``: the jitted step alone on batches already on the device (``before``: one
   step per call; ``now``: one call of K steps, per step).
+
+``--now_devices=N`` puts ``now`` on a mesh of N devices (``before`` stays on one): on a
+CPU with XLA's ``--xla_force_host_platform_device_count=N``, one device per core, each
+running its share of the batch, the gradients summed across them.
 
 GFLOP/s counts matrix products only (`flatness.model.flops`, the MLM head at
 ``masking.max_predictions`` positions per sentence, as the step computes it). The peak is
@@ -62,6 +69,8 @@ _PEAK_N = flags.DEFINE_integer("peak_n", 4096, "Size of the peak-measuring squar
 _PRESETS = flags.DEFINE_list("presets", [], "Size presets to measure instead (one jitted step).")
 _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 10,
                                        "train.steps_per_call of the 'now' variant.")
+_NOW_DEVICES = flags.DEFINE_integer("now_devices", 1,
+                                    "Devices of the 'now' variant's mesh ('before': 1).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Global batch (sentences), presets only.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per preset (after one warm-up).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Activation dtype: float32 | bfloat16.")
@@ -167,15 +176,17 @@ def _finish(state, pending):
 def compare_loops(config_name: str, rounds: int, block: int) -> None:
   config = pretrain.get_config(config_name)
   config.train.update(steps_per_call=_STEPS_PER_CALL.value, fast_kernels=True)
-  built = wiring.build(config)
-  s = built.setup
+  old_built = wiring.build(config, mesh=sharding.make_mesh(1))
+  built = wiring.build(config, mesh=sharding.make_mesh(_NOW_DEVICES.value),
+                       language=old_built.language)
+  s, s_old = built.setup, old_built.setup
   t = run_config.train_config(config.train)
   k = trainer.steps_per_call(t)
   # Whole calls per block; the periods (log etc.) of the real loop are multiples of K.
   block = max(k, block - block % k)
   source = built.source()
   base_key = jax.random.key(int(config.seed))
-  old_jit = _old_step(built, t)
+  old_jit = _old_step(old_built, t)
   new_jit = trainer._compile_step(t, s, None, k)
   stepper = trainer._Stepper(new_jit, s.mesh, base_key, k, (block,))
 
@@ -188,26 +199,27 @@ def compare_loops(config_name: str, rounds: int, block: int) -> None:
                                    for b in sample]))
 
   # Equivalence: the same 2 blocks of steps from the same state, both ways.
-  def fresh():
-    return s.create_state(jax.random.fold_in(base_key, 0))
+  def fresh(setup):
+    return setup.create_state(jax.random.fold_in(base_key, 0))
   it = input_pipeline.prefetch(source.batches(0), size=2)
-  st_old, pend_old = old_loop(old_jit, s.mesh, fresh(), it, base_key, 0, 2 * block)
+  st_old, pend_old = old_loop(old_jit, s_old.mesh, fresh(s_old), it, base_key, 0, 2 * block)
   it.close()
   it = input_pipeline.prefetch(source.batches(0), size=2)
-  st_new, pend_new = new_loop(stepper, fresh(), it, 0, 2 * block)
+  st_new, pend_new = new_loop(stepper, fresh(s), it, 0, 2 * block)
   it.close()
   loss_old = np.array([float(m["loss"]) for m in jax.device_get(pend_old)])
   loss_new = np.concatenate([np.asarray(m["loss"]) for m in jax.device_get(pend_new)])
   dl = float(np.max(np.abs(loss_old - loss_new) / np.abs(loss_old)))
-  dp = max(float(jnp.max(jnp.abs(a - b))) for a, b in
-           zip(jax.tree.leaves(st_old.params), jax.tree.leaves(st_new.params)))
-  pmax = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(st_old.params))
+  p_old, p_new = jax.device_get((st_old.params, st_new.params))   # meshes may differ
+  dp = max(float(np.max(np.abs(a - b))) for a, b in
+           zip(jax.tree.leaves(p_old), jax.tree.leaves(p_new)))
+  pmax = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(p_old))
 
   # Timing: alternate the variants, each continuing its own run on its own batches.
   times = {"loop/before": [], "loop/now": [], "step/before": [], "step/now": []}
   states = {"before": st_old, "now": st_new}
   position = 2 * block
-  dev1 = [sharding.global_batch(b, s.mesh) for b in sample]
+  dev1 = [sharding.global_batch(b, s_old.mesh) for b in sample]
   stacked_sharding = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(
       None, sharding.DATA_AXIS))
   devk = {key: jax.make_array_from_process_local_data(
@@ -218,7 +230,7 @@ def compare_loops(config_name: str, rounds: int, block: int) -> None:
       it = input_pipeline.prefetch(source.batches(position), size=int(t.prefetch))
       t0 = time.perf_counter()
       if name == "before":
-        st, pend = old_loop(old_jit, s.mesh, states[name], it, base_key, position, block)
+        st, pend = old_loop(old_jit, s_old.mesh, states[name], it, base_key, position, block)
       else:
         st, pend = new_loop(stepper, states[name], it, position, block)
       states[name] = _finish(st, pend)
@@ -246,7 +258,8 @@ def compare_loops(config_name: str, rounds: int, block: int) -> None:
         f"{tokens_per_step:.0f} tokens/step")
   print(f"# {jax.device_count()} x {dev.device_kind} ({dev.platform}); CPUs this process may "
         f"use: {sorted(os.sched_getaffinity(0))}; load average "
-        f"{os.getloadavg()[0]:.2f}; K = {k} steps per call (now)")
+        f"{os.getloadavg()[0]:.2f}; K = {k} steps per call (now); meshes: before 1 device, "
+        f"now {s.mesh.size}")
   print(f"# peak: measured {peak / 1e9:.0f} GFLOP/s ({_PEAK_N.value}^3 float32 matmul in JAX)"
         + (f"; theoretical {theo / 1e9:.0f} GFLOP/s = {how}" if theo else f"; theoretical: {how}"))
   print(f"# {rounds} rounds x {block} steps per variant, alternating; medians over rounds")

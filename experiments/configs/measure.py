@@ -35,8 +35,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # Per batch: probes (trace, ggn) or samples (fisher, sharpness_avg).
   # hvp: the products' order of differentiation (flatness.curvature.hessian.HVP_METHODS). With
   # several probes per batch (chunk >= 8), reverse_over_forward is the fastest on a CPU
-  # (1.45-2.02 gradients per product against 2.28-2.58; benchmarks.curvature); with one,
-  # forward_over_reverse (2.13-2.88 against 2.48-3.26).
+  # (1.64-2.09 gradients per product on 2 cores against 2.48-3.00 for the default;
+  # benchmarks.curvature); with one, forward_over_reverse (2.33-3.29) or linearized
+  # (1.98-3.30) depending on the size.
   c.trace = ml_collections.ConfigDict(dict(num_probes=1, method="hutchinson",
                                            probe="rademacher", chunk=8,
                                            hvp="forward_over_reverse"))
