@@ -37,6 +37,7 @@ CPU is recognised, derived (cores x FLOP/cycle x clock). Tokens/s counts real to
 variants, so load from other processes hits both alike; the table gives the median over
 rounds and the ratio of medians.
 """
+import dataclasses
 import os
 import statistics
 import time
@@ -135,30 +136,9 @@ def theoretical_peak() -> tuple[float | None, str]:
 
 # ---- pcfg_small: the loop of before against the loop of now.
 
-def _old_step(built, t):
-  """The trainer's default step: one step per call, JAX's rules."""
-  s = built.setup
-  fn = train_step_lib.make_train_step(s.objective, s.tx, schedule=s.schedule,
-                                      grad_accum_steps=t.grad_accum_steps,
-                                      targets=s.targets, fast_kernels=False)
-  rep, data = sharding.replicated(s.mesh), sharding.batch_sharding(s.mesh)
-  return jax.jit(fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
-                 donate_argnums=(0,))
-
-
-def old_loop(jitted, mesh, state, batches, base_key, start, n):
-  """The default loop (train.steps_per_call = 1), without evaluation and saves."""
-  pending = []
-  for step in range(start, start + n):
-    local = next(batches)
-    state, metrics = jitted(state, sharding.global_batch(local, mesh),
-                            jax.random.fold_in(base_key, step))
-    pending.append(metrics)
-  return state, pending
-
-
-def new_loop(stepper, state, batches, start, n):
-  """`trainer._train`'s loop now, without evaluation/saves."""
+def run_loop(stepper, state, batches, start, n):
+  """`trainer._train`'s loop (``stepper``: a `trainer._Stepper`), without evaluation and
+  saves."""
   pending, step = [], start
   while step < start + n:
     state, metrics, k, _ = stepper(state, batches, step, start + n)
@@ -186,29 +166,32 @@ def compare_loops(config_name: str, rounds: int, block: int) -> None:
   block = max(k, block - block % k)
   source = built.source()
   base_key = jax.random.key(int(config.seed))
-  old_jit = _old_step(old_built, t)
+  # before: the trainer's default, one step per call (its key folded on the host), JAX's rules.
+  old_jit = trainer._compile_step(dataclasses.replace(t, steps_per_call=1, fast_kernels=False),
+                                  s_old, None, 1)
+  old_stepper = trainer._Stepper(old_jit, s_old.mesh, base_key, 1, (block,))
   new_jit = trainer._compile_step(t, s, None, k)
   stepper = trainer._Stepper(new_jit, s.mesh, base_key, k, (block,))
+  steppers = {"before": old_stepper, "now": stepper}
 
   cfg = s.model_cfg
   spec = s.objective.spec
   batch = int(config.train.batch_size)
   f_step = flops.train_step_flops(cfg, batch, spec.max_predictions)
   sample = [source.batch(i) for i in range(20)]
-  tokens_per_step = float(np.mean([np.sum(b["lengths"]) + 2 * len(b["lengths"])
-                                   for b in sample]))
+  tokens_per_step = float(np.mean([input_pipeline.num_tokens(b) for b in sample]))
 
   # Equivalence: the same 2 blocks of steps from the same state, both ways.
   def fresh(setup):
     return setup.create_state(jax.random.fold_in(base_key, 0))
-  it = input_pipeline.prefetch(source.batches(0), size=2)
-  st_old, pend_old = old_loop(old_jit, s_old.mesh, fresh(s_old), it, base_key, 0, 2 * block)
-  it.close()
-  it = input_pipeline.prefetch(source.batches(0), size=2)
-  st_new, pend_new = new_loop(stepper, fresh(s), it, 0, 2 * block)
-  it.close()
-  loss_old = np.array([float(m["loss"]) for m in jax.device_get(pend_old)])
-  loss_new = np.concatenate([np.asarray(m["loss"]) for m in jax.device_get(pend_new)])
+  runs = {}
+  for name, setup in (("before", s_old), ("now", s)):
+    it = input_pipeline.prefetch(source.batches(0), size=2)
+    runs[name] = run_loop(steppers[name], fresh(setup), it, 0, 2 * block)
+    it.close()
+  (st_old, pend_old), (st_new, pend_new) = runs["before"], runs["now"]
+  loss_old, loss_new = (np.concatenate([np.atleast_1d(m["loss"]) for m in jax.device_get(p)])
+                        for p in (pend_old, pend_new))
   dl = float(np.max(np.abs(loss_old - loss_new) / np.abs(loss_old)))
   p_old, p_new = jax.device_get((st_old.params, st_new.params))   # meshes may differ
   dp = max(float(np.max(np.abs(a - b))) for a, b in
@@ -220,19 +203,14 @@ def compare_loops(config_name: str, rounds: int, block: int) -> None:
   states = {"before": st_old, "now": st_new}
   position = 2 * block
   dev1 = [sharding.global_batch(b, s_old.mesh) for b in sample]
-  stacked_sharding = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(
-      None, sharding.DATA_AXIS))
   devk = {key: jax.make_array_from_process_local_data(
-      stacked_sharding, np.stack([np.asarray(b[key]) for b in sample[:k]])) for key in sample[0]}
+      sharding.stacked_batch_sharding(s.mesh), np.stack([np.asarray(b[key]) for b in sample[:k]])) for key in sample[0]}
   keys = [jax.random.fold_in(base_key, i) for i in range(len(dev1))]
   for _ in range(rounds):
     for name in ("before", "now"):
       it = input_pipeline.prefetch(source.batches(position), size=int(t.prefetch))
       t0 = time.perf_counter()
-      if name == "before":
-        st, pend = old_loop(old_jit, s_old.mesh, states[name], it, base_key, position, block)
-      else:
-        st, pend = new_loop(stepper, states[name], it, position, block)
+      st, pend = run_loop(steppers[name], states[name], it, position, block)
       states[name] = _finish(st, pend)
       times[f"loop/{name}"].append((time.perf_counter() - t0) / block)
       it.close()
@@ -262,7 +240,8 @@ def compare_loops(config_name: str, rounds: int, block: int) -> None:
         f"now {s.mesh.size}")
   print(f"# peak: measured {peak / 1e9:.0f} GFLOP/s ({_PEAK_N.value}^3 float32 matmul in JAX)"
         + (f"; theoretical {theo / 1e9:.0f} GFLOP/s = {how}" if theo else f"; theoretical: {how}"))
-  print(f"# {rounds} rounds x {block} steps per variant, alternating; medians over rounds")
+  print(f"# {rounds} rounds x {block} steps per variant, alternating; medians over rounds; "
+        "speed-up: ratio of medians [range of the rounds' paired ratios]")
   print("| measure | variant | step (ms) | steps/s | tokens/s | GFLOP/s | % of measured peak |"
         " speed-up |")
   print("|---|---|---|---|---|---|---|---|")
@@ -270,8 +249,11 @@ def compare_loops(config_name: str, rounds: int, block: int) -> None:
     base = statistics.median(times[f"{what}/before"])
     for name in ("before", "now"):
       dt = statistics.median(times[f"{what}/{name}"])
+      paired = [b / n for b, n in zip(times[f"{what}/before"], times[f"{what}/{name}"])]
+      spread = f" [{min(paired):.2f}-{max(paired):.2f}]" if name == "now" else ""
       print(f"| {what} | {name} | {dt * 1e3:.2f} | {1 / dt:.1f} | {tokens_per_step / dt:,.0f} | "
-            f"{f_step / dt / 1e9:.1f} | {100 * f_step / dt / peak:.1f}% | {base / dt:.2f}x |")
+            f"{f_step / dt / 1e9:.1f} | {100 * f_step / dt / peak:.1f}% | "
+            f"{base / dt:.2f}x{spread} |")
   print(f"# equivalence over {2 * block} steps from the same init, batches and keys: max "
         f"relative loss difference {dl:.2e}; max |param difference| {dp:.2e} "
         f"(largest |param| {pmax:.2f})")

@@ -11,7 +11,6 @@ import numpy as np
 
 from experiments import wiring
 from experiments.configs import pretrain
-from flatness.model import tokens as tok
 from flatness.model.objectives import Objective
 from flatness.model.transformer import Transformer, TransformerConfig, init_params
 from flatness.runtime import sharding
@@ -39,10 +38,6 @@ def test_fast_kernels_same_loss_and_gradient():
   scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g0))
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * scale)
-  # The forward pass (evaluation, curvature) is the plain model's; forward mode still works.
-  ids = tok.encode(batch["tokens"], lengths, cfg.seq_len)
-  v = jax.tree.map(jnp.ones_like, params)
-  jax.jvp(lambda p: ref.model.apply({"params": p}, ids), (params,), (v,))
 
 
 def test_steps_per_call_equal_single_steps():

@@ -30,6 +30,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Several global batches stacked on a leading axis ``[K, batch, ...]``: rows sharded."""
+  return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
 def process_rows(global_batch_size: int) -> slice:
   """The rows of a global batch that this process feeds."""
   n = jax.process_count()

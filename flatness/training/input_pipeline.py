@@ -104,6 +104,11 @@ class IteratorSource:
     return it
 
 
+def num_tokens(batch: Mapping[str, Any]) -> int:
+  """Real tokens of a batch: its words plus [CLS] and [SEP] per sentence (no padding)."""
+  return int(np.sum(batch["lengths"])) + 2 * len(batch["lengths"])
+
+
 def prefetch(iterator: Iterator, size: int = 2, transform: Callable | None = None) -> Iterator:
   """Runs ``iterator`` (and ``transform``) in a background thread, ``size`` items ahead."""
   q: queue.Queue = queue.Queue(maxsize=size)

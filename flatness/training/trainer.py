@@ -315,9 +315,8 @@ def _compile_step(t: run_config.TrainConfig, setup: Setup, loss_transform, per_c
       return step_fn(st, batch, jax.random.fold_in(base_key, st.step))
     return jax.lax.scan(one, state, batches)
 
-  stacked = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec(
-      None, sharding.DATA_AXIS))
-  return jax.jit(steps, in_shardings=(rep, stacked, rep), out_shardings=(rep, rep),
+  return jax.jit(steps, in_shardings=(rep, sharding.stacked_batch_sharding(setup.mesh), rep),
+                 out_shardings=(rep, rep),
                  donate_argnums=(0,))
 
 
@@ -344,8 +343,7 @@ class _Stepper:
     # where a host-local key could not be put on other processes' devices).
     self.base_key = (jax.device_put(base_key, sharding.replicated(mesh)) if per_call > 1
                      else None)
-    self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
-        None, sharding.DATA_AXIS))
+    self.sharding = sharding.stacked_batch_sharding(mesh)
 
   def count(self, step: int, last: int) -> int:
     """Steps of the next call from ``step``."""
@@ -359,13 +357,13 @@ class _Stepper:
     stacked [K] when K > 1."""
     if self.per_call == 1:
       local = next(batches)
-      tokens = int(np.sum(local["lengths"]) + 2 * len(local["lengths"]))
+      tokens = input_pipeline.num_tokens(local)
       state, metrics = self.jitted(state, sharding.global_batch(local, self.mesh),
                                    jax.random.fold_in(self.raw_key, step))
       return state, metrics, 1, tokens * jax.process_count()
     k = self.count(step, last)
     local = [next(batches) for _ in range(k)]
-    tokens = sum(int(np.sum(b["lengths"])) + 2 * len(b["lengths"]) for b in local)
+    tokens = sum(input_pipeline.num_tokens(b) for b in local)
     stacked = {key: jax.make_array_from_process_local_data(
         self.sharding, np.stack([np.asarray(b[key]) for b in local])) for key in local[0]}
     state, metrics = self.jitted(state, stacked, self.base_key)
