@@ -1,6 +1,8 @@
-r"""Cost of Hessian-vector products, and accuracy of the trace estimators per product.
+r"""Cost of Hessian-vector products, accuracy of the trace estimators per product, and how
+many probes per batch a trained model's trace estimate should use.
 
   python -m benchmarks.curvature [--presets=tiny,2m,9m] [--batch_size=32] [--repeats=10]
+  python -m benchmarks.curvature --workdirs=RUN[,RUN...] [--num_batches=64] [--probes=8]
 
 Table 1, per size preset (MLM loss on batches of length-32 sequences, float32),
 measured side by side in one run: the time of one gradient and, for each HVP
@@ -18,6 +20,19 @@ Nothing in it is CPU-specific: on an accelerator it times the same programs
 Table 2, on a transformer small enough for a dense Hessian (float64): the
 relative error ``|estimate - tr(H)| / tr(H)`` of each trace estimator, averaged
 over seeds, against the number of Hessian-vector products it used.
+
+Table 3 (``--workdirs``, instead of tables 1 and 2), per run at its latest
+checkpoint, on the evaluation batches of ``experiments/configs/measure.py``
+(``--num_batches`` batches of ``--batch_size`` sentences, the paper's parameter
+selection): the variance components of a Hutchinson trace estimate with
+``--probes`` probes on every batch (`flatness.curvature.allocation`: ``s_b^2``
+between batches, ``s_p^2`` between probes), and per HVP method its cost model
+(``c_b``, shared by a batch's probes, and ``c_p``, per probe, from the time of a
+pass of 1 and of ``--probes`` probes on one batch, medians of 5 alternating rounds of
+``--repeats`` calls) with the number of probes per batch that
+reaches a given standard error soonest, and that time relative to the measured
+runs' setting (one probe per batch, ``forward_over_reverse``). Brackets: 90%
+intervals from 1,000 bootstrap resamples of the batches (the costs held fixed).
 """
 import time
 
@@ -27,17 +42,24 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from experiments import wiring
+from experiments.configs import measure as measure_config
+from flatness.curvature import allocation
 from flatness.curvature import hessian as hs
 from flatness.curvature import trace
 from flatness.model import presets
 from flatness.model import tokens as tok
 from flatness.model.objectives import Objective
 from flatness.model.transformer import Transformer, TransformerConfig, init_params
+from flatness.training import trainer
 
 _PRESETS = flags.DEFINE_list("presets", ["tiny", "2m", "9m"], "Presets ('tiny': 2 x 64).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per batch.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per measurement.")
 _SEEDS = flags.DEFINE_integer("seeds", 10, "Seeds per estimator and budget in table 2.")
+_WORKDIRS = flags.DEFINE_list("workdirs", [], "Trained runs: table 3 at their latest checkpoint.")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 64, "Table 3: evaluation batches.")
+_PROBES = flags.DEFINE_integer("probes", 8, "Table 3: probes per batch (>= 2).")
 
 
 def _batch(obj, cfg, batch_size, seed):
@@ -127,9 +149,75 @@ def table_estimators(seeds):
       print(f"| {method} | " + " | ".join(row) + " |", flush=True)
 
 
+def _interval(values, level=0.9):
+  lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+  return f"[{lo:.3g}, {hi:.3g}]"
+
+
+def table_allocation(workdirs, num_batches, batch_size, probes, repeats, rounds=5,
+                     resamples=1000):
+  """Per run: variance components of the trace at the latest checkpoint, and per HVP method
+  the cost model, the best probes per batch and its time to a given error."""
+  if probes < 2:
+    raise ValueError(f"--probes must be at least 2 to separate the variance components, got "
+                     f"{probes}")
+  cfg = measure_config.get_config("trace")
+  cfg.update(num_batches=num_batches, batch_size=batch_size)
+  rng = np.random.default_rng(0)
+  for workdir in workdirs:
+    run = wiring.trained_run(workdir)
+    measurer = wiring.curvature_evaluator(run, cfg)
+    params, meta = trainer.restore_params(workdir, -1, run.setup.abstract_params())
+    step = meta["step"]
+    loss_fn, batches = measurer.loss_fn, measurer.batches
+    est = trace.hessian_trace(loss_fn, params, jax.random.key(cfg.seed), batches=batches,
+                              num_probes=probes, chunk=probes, include=hs.paper_selection)
+    vb, vp = allocation.variance_components(est.samples)
+    boot = [allocation.variance_components(est.samples[rng.integers(0, len(batches),
+                                                                   len(batches))])
+            for _ in range(resamples)]
+    mask = hs.selection_mask(params, hs.paper_selection)
+    vs = jax.vmap(lambda k: hs.probe(k, params, "rademacher", mask))(
+        jax.random.split(jax.random.key(1), probes))
+    # Passes of 1 and of `probes` probes per method, timed in alternating rounds (medians):
+    # the cost model rests on their difference, which drifting load would otherwise bias.
+    one = jax.tree.map(lambda x: x[:1], vs)
+    fns = {m: jax.jit(lambda p, v, b, m=m: hs.hvps(loss_fn, p, v, b, method=m))
+           for m in hs.HVP_METHODS}
+    times = {(m, n): [] for m in fns for n in (1, probes)}
+    for _ in range(rounds):
+      for (m, n), ts in times.items():
+        ts.append(_time(fns[m], params, one if n == 1 else vs, batches[0], repeats=repeats))
+    costs = {m: allocation.costs(np.median(times[m, 1]), np.median(times[m, probes]), probes)
+             for m in fns}
+    print(f"# {workdir} at step {step}: tr(H) = {est.value:.4g} +- {est.stderr:.2g} "
+          f"({len(batches)} batches of {batch_size} x {probes} probes); s_b^2 = {vb:.3g} "
+          f"{_interval([b[0] for b in boot])}, s_p^2 = {vp:.3g} "
+          f"{_interval([b[1] for b in boot])}")
+    head = ["method", "c_b (ms)", "c_p (ms)", "best probes per batch",
+            "time to equal error, vs 1 probe forward_over_reverse"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    base_b, base_p = costs["forward_over_reverse"]
+
+    def relative(comp, cb, cp):
+      best = allocation.best_probes(*comp, cb, cp)
+      return best, float(allocation.time_for_error(best, *comp, cb, cp)
+                         / allocation.time_for_error(1, *comp, base_b, base_p))
+    for method, (cb, cp) in costs.items():
+      best, rel = relative((vb, vp), cb, cp)
+      boots = np.array([relative(b, cb, cp) for b in boot])
+      print(f"| {method} | {1e3 * cb:.2f} | {1e3 * cp:.2f} | {best} {_interval(boots[:, 0])} | "
+            f"{rel:.2f} {_interval(boots[:, 1])} |", flush=True)
+
+
 def main(argv):
   del argv
   print(f"# {jax.device_count()} x {jax.devices()[0].device_kind}, batch {_BATCH.value}")
+  if _WORKDIRS.value:
+    table_allocation(_WORKDIRS.value, _NUM_BATCHES.value, _BATCH.value, _PROBES.value,
+                     _REPEATS.value)
+    return
   table_hvp(_PRESETS.value, _BATCH.value, _REPEATS.value)
   print()
   table_estimators(_SEEDS.value)

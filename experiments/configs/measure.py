@@ -22,9 +22,12 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # Evaluation data: independent batches of validation-distribution sentences, each with
   # its own masks, the same for every checkpoint (paired). The sampled estimators (trace,
   # fisher, ggn, sharpness_avg) put `num_probes` probes on every batch and report an error
-  # over batches that covers the sentences and masks too; under a fixed budget one probe
-  # on each of more batches is never less precise (flatness.curvature.trace: more probes per batch
-  # never remove the batch-to-batch term).
+  # over batches that covers the sentences and masks too; under a fixed budget of products
+  # one probe on each of more batches is never less precise (flatness.curvature.trace: more
+  # probes per batch never remove the batch-to-batch term). Under a fixed time, see
+  # flatness.curvature.allocation: at the width-128 optima (benchmarks.curvature --workdirs)
+  # trace.hvp=reverse_over_forward with 3-4 probes per batch took 0.80-1.01 of the default's
+  # time to the same error, so the default stays.
   c.num_batches = 64            # independent evaluation batches (>= 2 for a population error)
   c.batch_size = 64             # sentences per batch; divisible by the device count
   c.fixed_batches = 4           # top_eigenvalue, sharpness, loss: mean over the first ones

@@ -2,6 +2,7 @@
 
   hessian    Hessian-vector products (three orders), probes, parameter selections
   trace      `hessian_trace`: Hutchinson / Hutch++ / XTrace with standard errors
+  allocation a trace estimate's variance split between batches and probes; probes per batch
   fisher     traces of the Fisher, the Gauss-Newton and the gradient noise
   spectrum   extreme eigenvalues and the spectral density (Lanczos)
   sharpness  worst-case, adaptive and average-case sharpness

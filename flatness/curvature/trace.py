@@ -20,7 +20,9 @@ unit^2 for our losses), estimated by Hutchinson's method.
   batches (probes only; `hessian.stratified`), which is all that varies when
   the batches are a fixed dataset. The variance is ``(s_batch^2 +
   s_probe^2 / p) / G`` for ``G`` batches of ``p`` probes: more probes per batch
-  never remove the batch term, only more batches do. Also
+  never remove the batch term, only more batches do; `allocation` estimates both
+  terms from the samples (``TraceEstimate.samples``) and gives the ``p`` that
+  reaches a given error soonest once a batch's shared work is priced. Also
   returns a per-module breakdown (``sum over a module's entries of v * Hv``
   estimates the trace of that module's diagonal block).
   Hutch++ and XTrace below work on the Hessian of the mean over the given
@@ -56,6 +58,9 @@ class TraceEstimate:
   method: str
   per_module: dict = dataclasses.field(default_factory=dict)   # name -> (value, stderr)
   error: str = "conditional"   # what stderr covers: population (batches too) | conditional
+  # hutchinson: the samples v^T H v of the selection, [batches, probes] (one row for a
+  # closed-over loss); `allocation.variance_components` splits their variance.
+  samples: np.ndarray | None = None
 
   def as_metrics(self, prefix: str) -> dict:
     out = {prefix: self.value, f"{prefix}_stderr": self.stderr}
@@ -106,7 +111,7 @@ def _hutchinson(loss_fn, params, key, batches, num_probes, kind, mask, chunk, er
   mean, se = hs.pooled(per_group, error)                          # [modules + 1]
   per_module = {n: (float(mean[i]), float(se[i])) for i, n in enumerate(names)}
   return TraceEstimate(float(mean[-1]), float(se[-1]), len(per_group) * num_probes, "hutchinson",
-                       per_module, error)
+                       per_module, error, np.stack([x[:, -1] for x in per_group]))
 
 
 def _hutchpp(op: hs.HessianOperator, key, num_matvecs, kind):
@@ -152,7 +157,8 @@ def hessian_trace(loss_fn: Callable, params, key, *, batches: Sequence[Any] | No
     batches: optional list of batches; the Hessian is that of the mean loss.
     num_probes: Hutchinson probes per batch; for hutchpp / xtrace the budget of products.
       Under a fixed budget of products, one probe on each of more batches gives the
-      smallest population error (the variance in the module docstring).
+      smallest population error (the variance in the module docstring); under a fixed
+      time, where a chunk of probes shares its batch's work, `allocation.best_probes`.
     probe: 'rademacher' or 'gaussian' (xtrace always uses Gaussian probes).
     method: 'hutchinson', 'hutchpp' or 'xtrace'.
     include: ``include(name) -> bool`` on parameter paths like 'layer_0/attn/query/kernel';
