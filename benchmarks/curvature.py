@@ -31,8 +31,10 @@ between batches, ``s_p^2`` between probes), and per HVP method its cost model
 pass of 1 and of ``--probes`` probes on one batch, medians of 5 alternating rounds of
 ``--repeats`` calls) with the number of probes per batch that
 reaches a given standard error soonest, and that time relative to the measured
-runs' setting (one probe per batch, ``forward_over_reverse``). Brackets: 90%
-intervals from 1,000 bootstrap resamples of the batches (the costs held fixed).
+runs' setting (one probe per batch, the measure config's ``trace.hvp``). The best
+``p`` is searched up to ``--probes``, the pass whose cost was measured. Brackets:
+90% intervals from 1,000 bootstrap resamples, each of the batches and of each
+setting's timing rounds.
 """
 import time
 
@@ -54,7 +56,8 @@ from flatness.model.transformer import Transformer, TransformerConfig, init_para
 from flatness.training import trainer
 
 _PRESETS = flags.DEFINE_list("presets", ["tiny", "2m", "9m"], "Presets ('tiny': 2 x 64).")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per batch.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per batch (table 3: default, the "
+                              "measure config's).")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per measurement.")
 _SEEDS = flags.DEFINE_integer("seeds", 10, "Seeds per estimator and budget in table 2.")
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Trained runs: table 3 at their latest checkpoint.")
@@ -157,12 +160,15 @@ def _interval(values, level=0.9):
 def table_allocation(workdirs, num_batches, batch_size, probes, repeats, rounds=5,
                      resamples=1000):
   """Per run: variance components of the trace at the latest checkpoint, and per HVP method
-  the cost model, the best probes per batch and its time to a given error."""
+  the cost model, the best probes per batch (up to ``probes``, one pass) and its time to a
+  given error relative to the measure config's default (one probe, its ``trace.hvp``).
+  ``batch_size`` None: the measure config's."""
   if probes < 2:
     raise ValueError(f"--probes must be at least 2 to separate the variance components, got "
                      f"{probes}")
   cfg = measure_config.get_config("trace")
-  cfg.update(num_batches=num_batches, batch_size=batch_size)
+  cfg.update(num_batches=num_batches, batch_size=batch_size or cfg.batch_size)
+  batch_size, default = cfg.batch_size, cfg.trace.hvp
   rng = np.random.default_rng(0)
   for workdir in workdirs:
     run = wiring.trained_run(workdir)
@@ -173,9 +179,6 @@ def table_allocation(workdirs, num_batches, batch_size, probes, repeats, rounds=
     est = trace.hessian_trace(loss_fn, params, jax.random.key(cfg.seed), batches=batches,
                               num_probes=probes, chunk=probes, include=hs.paper_selection)
     vb, vp = allocation.variance_components(est.samples)
-    boot = [allocation.variance_components(est.samples[rng.integers(0, len(batches),
-                                                                   len(batches))])
-            for _ in range(resamples)]
     mask = hs.selection_mask(params, hs.paper_selection)
     vs = jax.vmap(lambda k: hs.probe(k, params, "rademacher", mask))(
         jax.random.split(jax.random.key(1), probes))
@@ -188,36 +191,47 @@ def table_allocation(workdirs, num_batches, batch_size, probes, repeats, rounds=
     for _ in range(rounds):
       for (m, n), ts in times.items():
         ts.append(_time(fns[m], params, one if n == 1 else vs, batches[0], repeats=repeats))
-    costs = {m: allocation.costs(np.median(times[m, 1]), np.median(times[m, probes]), probes)
-             for m in fns}
+
+    def costs(pick=lambda ts: ts):
+      return {m: allocation.costs(np.median(pick(times[m, 1])),
+                                  np.median(pick(times[m, probes])), probes) for m in fns}
+
+    def relative(comp, cost, method):
+      best = allocation.best_probes(*comp, *cost[method], max_probes=probes)
+      return best, float(allocation.time_for_error(best, *comp, *cost[method])
+                         / allocation.time_for_error(1, *comp, *cost[default]))
+    # Each resample redraws the batches (the variance components) and, per timed setting,
+    # the rounds (the costs), so that the intervals cover the timing noise too.
+    boot = []
+    for _ in range(resamples):
+      comp = allocation.variance_components(
+          est.samples[rng.integers(0, len(batches), len(batches))])
+      cost = costs(lambda ts: np.asarray(ts)[rng.integers(0, rounds, rounds)])
+      boot.append((comp, {m: relative(comp, cost, m) for m in fns}))
+    point = costs()
     print(f"# {workdir} at step {step}: tr(H) = {est.value:.4g} +- {est.stderr:.2g} "
           f"({len(batches)} batches of {batch_size} x {probes} probes); s_b^2 = {vb:.3g} "
-          f"{_interval([b[0] for b in boot])}, s_p^2 = {vp:.3g} "
-          f"{_interval([b[1] for b in boot])}")
-    head = ["method", "c_b (ms)", "c_p (ms)", "best probes per batch",
-            "time to equal error, vs 1 probe forward_over_reverse"]
+          f"{_interval([b[0][0] for b in boot])}, s_p^2 = {vp:.3g} "
+          f"{_interval([b[0][1] for b in boot])}")
+    head = ["method", "c_b (ms)", "c_p (ms)", f"best probes per batch (1-{probes})",
+            f"time to equal error, vs 1 probe {default}"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    base_b, base_p = costs["forward_over_reverse"]
-
-    def relative(comp, cb, cp):
-      best = allocation.best_probes(*comp, cb, cp)
-      return best, float(allocation.time_for_error(best, *comp, cb, cp)
-                         / allocation.time_for_error(1, *comp, base_b, base_p))
-    for method, (cb, cp) in costs.items():
-      best, rel = relative((vb, vp), cb, cp)
-      boots = np.array([relative(b, cb, cp) for b in boot])
+    for method, (cb, cp) in point.items():
+      best, rel = relative((vb, vp), point, method)
+      boots = np.array([b[1][method] for b in boot])
       print(f"| {method} | {1e3 * cb:.2f} | {1e3 * cp:.2f} | {best} {_interval(boots[:, 0])} | "
             f"{rel:.2f} {_interval(boots[:, 1])} |", flush=True)
 
 
 def main(argv):
   del argv
-  print(f"# {jax.device_count()} x {jax.devices()[0].device_kind}, batch {_BATCH.value}")
+  print(f"# {jax.device_count()} x {jax.devices()[0].device_kind}")
   if _WORKDIRS.value:
-    table_allocation(_WORKDIRS.value, _NUM_BATCHES.value, _BATCH.value, _PROBES.value,
-                     _REPEATS.value)
+    table_allocation(_WORKDIRS.value, _NUM_BATCHES.value,
+                     _BATCH.value if _BATCH.present else None, _PROBES.value, _REPEATS.value)
     return
+  print(f"# batch {_BATCH.value}")
   table_hvp(_PRESETS.value, _BATCH.value, _REPEATS.value)
   print()
   table_estimators(_SEEDS.value)

@@ -26,8 +26,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # one probe on each of more batches is never less precise (flatness.curvature.trace: more
   # probes per batch never remove the batch-to-batch term). Under a fixed time, see
   # flatness.curvature.allocation: at the width-128 optima (benchmarks.curvature --workdirs)
-  # trace.hvp=reverse_over_forward with 3-4 probes per batch took 0.80-1.01 of the default's
-  # time to the same error, so the default stays.
+  # trace.hvp=reverse_over_forward with 3-4 probes per batch (and fewer batches) is predicted
+  # to take 0.76-0.87 of the default's time to the same error, so the default stays.
   c.num_batches = 64            # independent evaluation batches (>= 2 for a population error)
   c.batch_size = 64             # sentences per batch; divisible by the device count
   c.fixed_batches = 4           # top_eigenvalue, sharpness, loss: mean over the first ones

@@ -18,16 +18,19 @@ For a given standard error the time is then proportional to
 
 minimal at ``p* = sqrt((s_p^2 / s_b^2) (c_b / c_p))`` (the optimum subsample size
 of two-stage sampling; Cochran, *Sampling Techniques*, 3rd ed., 1977, ch. 10).
-At equal products (``c_b = 0``) one probe per batch is best, which is why the
-measured runs draw one; when a batch's shared work is dear and the probes
-dominate the variance, several probes per batch reach the same error sooner.
+When a batch's probes share no work (``c_b = 0``: the time is the number of
+products) one probe per batch is best, which is why the measured runs draw
+one; when a batch's shared work is dear and the probes dominate the variance,
+several probes per batch reach the same error sooner. The model holds for the
+probes of one pass (``p`` up to the estimator's ``chunk``); more take
+``ceil(p / chunk)`` passes, each paying ``c_b`` again.
 """
 from typing import Sequence
 
 import numpy as np
 
 
-def variance_components(samples: "Sequence[np.ndarray] | np.ndarray") -> tuple[float, float]:
+def variance_components(samples: Sequence[np.ndarray] | np.ndarray) -> tuple[float, float]:
   """``(s_b^2, s_p^2)`` from ``G >= 2`` batches of ``p >= 2`` probe samples each.
 
   One-way random-effects analysis of variance: the mean within-batch variance
@@ -35,12 +38,15 @@ def variance_components(samples: "Sequence[np.ndarray] | np.ndarray") -> tuple[f
   ``p var_g(mean_i x[g, :])`` (ddof 1) has expectation ``p s_b^2 + s_p^2``, so
   ``s_b^2 = var_g(mean_i x[g, :]) - MSW / p``. Both are unbiased; the batch term
   can come out negative when it is small against ``s_p^2 / p`` (clip it before
-  use, as `best_probes` does). ``samples``: ``[G, p]``, or ``G`` arrays of ``p``.
+  use, as `time_for_error` does). ``samples``: ``[G, p]``, or ``G`` arrays of ``p``.
   """
-  x = np.asarray([np.asarray(s, np.float64).reshape(-1) for s in samples])
-  if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2:
-    raise ValueError(f"variance_components needs at least 2 batches of at least 2 probes "
-                     f"each (equal counts), got shape {x.shape}; measure with num_probes >= 2")
+  rows = [np.asarray(s, np.float64) for s in samples]
+  shapes = sorted({r.shape for r in rows})
+  if len(rows) < 2 or len(shapes) != 1 or len(shapes[0]) != 1 or shapes[0][0] < 2:
+    raise ValueError(f"variance_components needs at least 2 batches of the same number (at "
+                     f"least 2) of scalar probe samples, got {len(rows)} batches of shapes "
+                     f"{shapes}; measure with num_probes >= 2")
+  x = np.stack(rows)
   within = float(x.var(axis=1, ddof=1).mean())
   between = float(x.mean(axis=1).var(ddof=1))
   return between - within / x.shape[1], within
