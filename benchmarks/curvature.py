@@ -23,7 +23,7 @@ over seeds, against the number of Hessian-vector products it used.
 
 Table 3 (``--workdirs``, instead of tables 1 and 2), per run at its latest
 checkpoint, on the evaluation batches of ``experiments/configs/measure.py``
-(``--num_batches`` batches of ``--batch_size`` sentences, the paper's parameter
+(``--num_batches`` batches of ``--batch_size`` sentences, its parameter
 selection): the variance components of a Hutchinson trace estimate with
 ``--probes`` probes on every batch (`flatness.curvature.allocation`: ``s_b^2``
 between batches, ``s_p^2`` between probes), and per HVP method its cost model
@@ -177,9 +177,9 @@ def table_allocation(workdirs, num_batches, batch_size, probes, repeats, rounds=
     step = meta["step"]
     loss_fn, batches = measurer.loss_fn, measurer.batches
     est = trace.hessian_trace(loss_fn, params, jax.random.key(cfg.seed), batches=batches,
-                              num_probes=probes, chunk=probes, include=hs.paper_selection)
+                              num_probes=probes, chunk=probes, include=measurer.include)
     vb, vp = allocation.variance_components(est.samples)
-    mask = hs.selection_mask(params, hs.paper_selection)
+    mask = hs.selection_mask(params, measurer.include)
     vs = jax.vmap(lambda k: hs.probe(k, params, "rademacher", mask))(
         jax.random.split(jax.random.key(1), probes))
     # Passes of 1 and of `probes` probes per method, timed in alternating rounds (medians):

@@ -203,8 +203,7 @@ def compare_loops(config_name: str, rounds: int, block: int) -> None:
   states = {"before": st_old, "now": st_new}
   position = 2 * block
   dev1 = [sharding.global_batch(b, s_old.mesh) for b in sample]
-  devk = {key: jax.make_array_from_process_local_data(
-      sharding.stacked_batch_sharding(s.mesh), np.stack([np.asarray(b[key]) for b in sample[:k]])) for key in sample[0]}
+  devk = sharding.global_batches(sample[:k], s.mesh)
   keys = [jax.random.fold_in(base_key, i) for i in range(len(dev1))]
   for _ in range(rounds):
     for name in ("before", "now"):

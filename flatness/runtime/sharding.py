@@ -52,6 +52,14 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
           for k, v in local.items()}
 
 
+def global_batches(local: list[dict], mesh: Mesh) -> dict:
+  """Several process-local batches -> one dict of global `jax.Array`s ``[K, batch, ...]``
+  (`stacked_batch_sharding`): the input of K steps in one call."""
+  sharding = stacked_batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(
+      sharding, np.stack([np.asarray(b[k]) for b in local])) for k in local[0]}
+
+
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
   """A global batch that every process holds in full (numpy, rows on axis 0) -> global
   `jax.Array`s sharded along the batch axis, each process contributing its rows."""

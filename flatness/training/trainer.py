@@ -343,7 +343,6 @@ class _Stepper:
     # where a host-local key could not be put on other processes' devices).
     self.base_key = (jax.device_put(base_key, sharding.replicated(mesh)) if per_call > 1
                      else None)
-    self.sharding = sharding.stacked_batch_sharding(mesh)
 
   def count(self, step: int, last: int) -> int:
     """Steps of the next call from ``step``."""
@@ -364,8 +363,7 @@ class _Stepper:
     k = self.count(step, last)
     local = [next(batches) for _ in range(k)]
     tokens = sum(input_pipeline.num_tokens(b) for b in local)
-    stacked = {key: jax.make_array_from_process_local_data(
-        self.sharding, np.stack([np.asarray(b[key]) for b in local])) for key in local[0]}
+    stacked = sharding.global_batches(local, self.mesh)
     state, metrics = self.jitted(state, stacked, self.base_key)
     return state, metrics, k, tokens * jax.process_count()
 
