@@ -1,7 +1,8 @@
 r"""Cost of Hessian-vector products, accuracy of the trace estimators per product, and how
 many probes per batch a trained model's trace estimate should use.
 
-  python -m benchmarks.curvature [--presets=tiny,2m,9m] [--batch_size=32] [--repeats=10]
+  python -m benchmarks.curvature [--presets=tiny,2m,9m] [--batch_size=32] [--repeats=10] \
+      [--rounds=5] [--noestimators]
   python -m benchmarks.curvature --workdirs=RUN[,RUN...] [--num_batches=64] [--probes=8]
 
 Table 1, per size preset (MLM loss on batches of length-32 sequences, float32),
@@ -13,7 +14,15 @@ evaluates a batch's probes; ``linearized`` linearises the gradient once and maps
 the 8 probes through its tangent map); and a chunk of 8 (batch, probe) pairs,
 8 different batches with one probe each, in one vmapped pass (how
 ``hessian_trace(..., across_batches=True)`` evaluates one probe per batch).
-Each cell is ms per product, its ratio to the gradient, and products per second.
+Each cell is ms per product, its ratio to the gradient (the median of the rounds' ratios,
+and their range) and products per second, from ``--rounds`` rounds that each time every
+program ``--repeats`` times in turn
+(the gradient's time drifts by 2x over minutes on a shared VM: timing each program once,
+back to back, makes the ratios drift with it). The
+last column gives the FLOPs per product in the three settings over the gradient's, by
+XLA's cost analysis of the same compiled programs: what the time ratios would be if
+every program ran at the gradient's FLOP rate (one product alone does about 2.6x a
+gradient's FLOPs by every method; a chunk shares the primal work among its probes).
 Nothing in it is CPU-specific: on an accelerator it times the same programs
 (the batches and probes are placed on the default device).
 
@@ -28,8 +37,8 @@ selection): the variance components of a Hutchinson trace estimate with
 ``--probes`` probes on every batch (`flatness.curvature.allocation`: ``s_b^2``
 between batches, ``s_p^2`` between probes), and per HVP method its cost model
 (``c_b``, shared by a batch's probes, and ``c_p``, per probe, from the time of a
-pass of 1 and of ``--probes`` probes on one batch, medians of 5 alternating rounds of
-``--repeats`` calls) with the number of probes per batch that
+pass of 1 and of ``--probes`` probes on one batch, medians of ``--rounds`` alternating
+rounds of ``--repeats`` calls) with the number of probes per batch that
 reaches a given standard error soonest, and that time relative to the measured
 runs' setting (one probe per batch, the measure config's ``trace.hvp``). The best
 ``p`` is searched up to ``--probes``, the pass whose cost was measured. Brackets:
@@ -60,6 +69,8 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per batch (table 3: d
                               "measure config's).")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per measurement.")
 _SEEDS = flags.DEFINE_integer("seeds", 10, "Seeds per estimator and budget in table 2.")
+_ESTIMATORS = flags.DEFINE_bool("estimators", True, "Table 2 after table 1.")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating timing rounds (tables 1 and 3).")
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Trained runs: table 3 at their latest checkpoint.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 64, "Table 3: evaluation batches.")
 _PROBES = flags.DEFINE_integer("probes", 8, "Table 3: probes per batch (>= 2).")
@@ -88,19 +99,35 @@ def _time(fn, *args, repeats):
   return (time.perf_counter() - start) / repeats
 
 
+def _compiled(fn, *args):
+  """``jax.jit(fn)`` compiled for ``args``, and its FLOPs by XLA's cost analysis (None where
+  the backend reports none)."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+  return compiled, cost.get("flops")
+
+
 CHUNK = 8   # products per vmapped pass, as `flatness.curvature.trace` evaluates them (``chunk``)
 
 
-def _cell(t, tg):
-  return f"{1e3 * t:.1f} ({t / tg:.2f}, {1 / t:.1f}/s)"
+def _cell(ts, tgs):
+  """Median ms, the median of the rounds' ratios to the gradient [their range], HVPs/s."""
+  t, r = np.median(ts), np.asarray(ts) / np.asarray(tgs)
+  return f"{1e3 * t:.1f} ({np.median(r):.2f} [{r.min():.2f}-{r.max():.2f}], {1 / t:.1f}/s)"
 
 
-def table_hvp(names, batch_size, repeats):
+def table_hvp(names, batch_size, repeats, rounds):
   """Per preset: one gradient, then per HVP method the time per product alone, in a chunk
-  of `CHUNK` probes on one batch and in a chunk of `CHUNK` batches with one probe each."""
+  of `CHUNK` probes on one batch and in a chunk of `CHUNK` batches with one probe each
+  (medians of ``rounds`` alternating rounds of ``repeats`` calls each, so that drifting
+  load hits every program alike); then the FLOPs per product in the same three settings
+  over the gradient's (XLA's cost analysis of the compiled programs: the ratio the times
+  would have at equal efficiency)."""
   head = ["preset", "params", "gradient (ms)", "method", "x1", f"{CHUNK} probes, 1 batch",
-          f"{CHUNK} batches, 1 probe each"]
-  print("ms per HVP (ratio to the gradient, HVPs/s)")
+          f"{CHUNK} batches, 1 probe each", "FLOPs per product / gradient's"]
+  print(f"ms per HVP (ratio to the gradient [range over rounds], HVPs/s); medians of {rounds} "
+        f"alternating rounds of {repeats} calls")
   print("| " + " | ".join(head) + " |")
   print("|" + "---|" * len(head))
   for name in names:
@@ -111,20 +138,32 @@ def table_hvp(names, batch_size, repeats):
     obj, params, batch = _problem(cfg, batch_size)
     batches = tuple(jax.device_put(_batch(obj, cfg, batch_size, 100 + i)) for i in range(CHUNK))
     loss = lambda p, b: obj.loss(p, b)
-    tg = _time(jax.jit(jax.grad(loss)), params, batch, repeats=repeats)
     v = hs.probe(jax.random.key(2), params)
     vs = jax.vmap(lambda k: hs.probe(k, params))(jax.random.split(jax.random.key(3), CHUNK))
-    size = f"{sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M"
+    # (program, its arguments, products per call) per setting; the gradient first.
+    progs = {"gradient": (jax.grad(loss), (params, batch), 1)}
     for method in hs.HVP_METHODS:
       one = lambda p, vv, b, m=method: hs.hvp(loss, p, vv, b, method=m)
-      probes = lambda p, vv, b, m=method: hs.hvps(loss, p, vv, b, method=m)
-      pairs = lambda p, vv, bs, one=one: jax.vmap(one, in_axes=(None, 0, 0))(
-          p, vv, hs.stack_batches(bs))
-      t1 = _time(jax.jit(one), params, v, batch, repeats=repeats)
-      tc = _time(jax.jit(probes), params, vs, batch, repeats=repeats) / CHUNK
-      tp = _time(jax.jit(pairs), params, vs, batches, repeats=repeats) / CHUNK
-      cells = [name, size, f"{1e3 * tg:.1f}", method, _cell(t1, tg), _cell(tc, tg),
-               _cell(tp, tg)]
+      progs[method, "x1"] = (one, (params, v, batch), 1)
+      progs[method, "probes"] = (
+          lambda p, vv, b, m=method: hs.hvps(loss, p, vv, b, method=m), (params, vs, batch),
+          CHUNK)
+      progs[method, "pairs"] = (
+          lambda p, vv, bs, one=one: jax.vmap(one, in_axes=(None, 0, 0))(
+              p, vv, hs.stack_batches(bs)), (params, vs, batches), CHUNK)
+    compiled = {k: _compiled(fn, *args) for k, (fn, args, _) in progs.items()}
+    times = {k: [] for k in progs}
+    for _ in range(rounds):
+      for k, (_, args, n) in progs.items():
+        times[k].append(_time(compiled[k][0], *args, repeats=repeats) / n)
+    flops = {k: compiled[k][1] and compiled[k][1] / n for k, (_, _, n) in progs.items()}
+    fg = flops["gradient"]
+    size = f"{sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M"
+    for method in hs.HVP_METHODS:
+      keys = [(method, s) for s in ("x1", "probes", "pairs")]
+      ratios = " / ".join(f"{flops[k] / fg:.2f}" if flops[k] and fg else "n/a" for k in keys)
+      cells = [name, size, f"{1e3 * np.median(times['gradient']):.1f}", method,
+               *(_cell(times[k], times["gradient"]) for k in keys), ratios]
       print("| " + " | ".join(cells) + " |", flush=True)
 
 
@@ -229,12 +268,14 @@ def main(argv):
   print(f"# {jax.device_count()} x {jax.devices()[0].device_kind}")
   if _WORKDIRS.value:
     table_allocation(_WORKDIRS.value, _NUM_BATCHES.value,
-                     _BATCH.value if _BATCH.present else None, _PROBES.value, _REPEATS.value)
+                     _BATCH.value if _BATCH.present else None, _PROBES.value, _REPEATS.value,
+                     _ROUNDS.value)
     return
   print(f"# batch {_BATCH.value}")
-  table_hvp(_PRESETS.value, _BATCH.value, _REPEATS.value)
-  print()
-  table_estimators(_SEEDS.value)
+  table_hvp(_PRESETS.value, _BATCH.value, _REPEATS.value, _ROUNDS.value)
+  if _ESTIMATORS.value:
+    print()
+    table_estimators(_SEEDS.value)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ a time (fixed memory; each batch may be sharded over a device mesh, and the
 jitted products then run data-parallel).
 
 ``hvp`` is forward-over-reverse, ``jvp(grad(L))``, by default: one gradient's
-memory and about two to three gradients' time. The other orders give the same
+memory and about 2.6 gradients' FLOPs (every method: each matrix product of the
+gradient gets a two-term tangent, and the primal is computed too). A chunk of
+probes on one batch (`hvps`) computes the primal once: about 2.0 gradients' FLOPs
+per product. The other orders give the same
 product (`HVP_METHODS`), and ``linearized`` shares one linearisation of the
 gradient among a chunk of probes (`hvps`); `benchmarks.curvature` times them all
 side by side.
