@@ -121,7 +121,8 @@ def table_hvp(names, batch_size, repeats, rounds):
   """Per preset: one gradient, then per HVP method the time per product alone, in a chunk
   of `CHUNK` probes on one batch and in a chunk of `CHUNK` batches with one probe each
   (medians of ``rounds`` alternating rounds of ``repeats`` calls each, so that drifting
-  load hits every program alike); then the FLOPs per product in the same three settings
+  load hits every program alike; each round times the gradient first, so drift within a
+  round shows in the range of the rounds' ratios); then the FLOPs per product in the same three settings
   over the gradient's (XLA's cost analysis of the compiled programs: the ratio the times
   would have at equal efficiency)."""
   head = ["preset", "params", "gradient (ms)", "method", "x1", f"{CHUNK} probes, 1 batch",
