@@ -99,6 +99,17 @@ def _time(fn, *args, repeats):
   return (time.perf_counter() - start) / repeats
 
 
+def _timed_rounds(programs, rounds, repeats):
+  """``{key: [seconds per call, one per round]}`` for ``programs`` ``{key: (fn, args)}``: each
+  round times every program in turn (`_time`: one untimed call first, so the cost of
+  switching programs is not timed), so that load drifting over minutes hits all alike."""
+  times = {k: [] for k in programs}
+  for _ in range(rounds):
+    for k, (fn, args) in programs.items():
+      times[k].append(_time(fn, *args, repeats=repeats))
+  return times
+
+
 def _compiled(fn, *args):
   """``jax.jit(fn)`` compiled for ``args``, and its FLOPs by XLA's cost analysis (None where
   the backend reports none)."""
@@ -153,10 +164,9 @@ def table_hvp(names, batch_size, repeats, rounds):
           lambda p, vv, bs, one=one: jax.vmap(one, in_axes=(None, 0, 0))(
               p, vv, hs.stack_batches(bs)), (params, vs, batches), CHUNK)
     compiled = {k: _compiled(fn, *args) for k, (fn, args, _) in progs.items()}
-    times = {k: [] for k in progs}
-    for _ in range(rounds):
-      for k, (_, args, n) in progs.items():
-        times[k].append(_time(compiled[k][0], *args, repeats=repeats) / n)
+    times = _timed_rounds({k: (compiled[k][0], args) for k, (_, args, _) in progs.items()},
+                          rounds, repeats)
+    times = {k: np.asarray(ts) / progs[k][2] for k, ts in times.items()}   # per product
     flops = {k: compiled[k][1] and compiled[k][1] / n for k, (_, _, n) in progs.items()}
     fg = flops["gradient"]
     size = f"{sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M"
@@ -227,10 +237,8 @@ def table_allocation(workdirs, num_batches, batch_size, probes, repeats, rounds=
     one = jax.tree.map(lambda x: x[:1], vs)
     fns = {m: jax.jit(lambda p, v, b, m=m: hs.hvps(loss_fn, p, v, b, method=m))
            for m in hs.HVP_METHODS}
-    times = {(m, n): [] for m in fns for n in (1, probes)}
-    for _ in range(rounds):
-      for (m, n), ts in times.items():
-        ts.append(_time(fns[m], params, one if n == 1 else vs, batches[0], repeats=repeats))
+    times = _timed_rounds({(m, n): (fns[m], (params, one if n == 1 else vs, batches[0]))
+                           for m in fns for n in (1, probes)}, rounds, repeats)
 
     def costs(pick=lambda ts: ts):
       return {m: allocation.costs(np.median(pick(times[m, 1])),

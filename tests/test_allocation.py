@@ -5,7 +5,7 @@ import pytest
 
 from flatness.curvature import allocation
 from flatness.curvature import trace
-from test_curvature import _flat_hessian, _population_problem
+from curvature_problems import flat_hessian, population_problem
 
 
 def test_variance_components_are_unbiased_on_a_two_level_normal_model():
@@ -41,9 +41,9 @@ def test_best_probes_is_the_closed_form_optimum():
 def test_trace_samples_split_into_the_dense_variance_components():
   """On fixed batches with dense Hessians H_g: E[s_b^2 estimate] = var_g(tr H_g) (ddof 1) and
   E[s_p^2 estimate] = mean_g 2 (||H_g||_F^2 - sum diag(H_g)^2), Rademacher's probe variance."""
-  params, loss_fn, data = _population_problem(n=32)
+  params, loss_fn, data = population_problem(n=32)
   batches = [jax.tree.map(lambda a, s=s: a[s:s + 8], data) for s in range(0, 32, 8)]
-  dense = [_flat_hessian(lambda q, b=b: loss_fn(q, b), params)[0] for b in batches]
+  dense = [flat_hessian(lambda q, b=b: loss_fn(q, b), params)[0] for b in batches]
   truth_b = np.var([np.trace(h) for h in dense], ddof=1)
   truth_p = np.mean([2 * (np.sum(h ** 2) - np.sum(np.diag(h) ** 2)) for h in dense])
   est = []

@@ -17,16 +17,13 @@ from flatness.model import tokens as tok
 from flatness.model.objectives import Objective
 from flatness.model.transformer import Transformer, TransformerConfig, init_params
 
+from curvature_problems import flat_hessian, population_problem
+
 
 @pytest.fixture(scope="module", autouse=True)
 def x64():
   with jax.enable_x64(True):
     yield
-
-
-def _flat_hessian(loss_fn, params):
-  flat, unravel = jax.flatten_util.ravel_pytree(params)
-  return np.asarray(jax.jit(jax.hessian(lambda x: loss_fn(unravel(x))))(flat)), flat, unravel
 
 
 def _mlp_problem(seed=0, n=64, d=5, h=6, c=3):
@@ -63,7 +60,7 @@ def _transformer_problem(seed=0):
 def transformer():
   cfg, obj, params, batch = _transformer_problem()
   loss_fn = lambda p: obj.loss(p, batch)
-  dense, _, _ = _flat_hessian(loss_fn, params)
+  dense, _, _ = flat_hessian(loss_fn, params)
   return dict(cfg=cfg, obj=obj, params=params, batch=batch, loss_fn=loss_fn, dense=dense)
 
 
@@ -72,7 +69,7 @@ def transformer():
 def test_hvp_matches_dense_hessian(problem, method, transformer):
   if problem == "mlp":
     params, loss_fn, _ = _mlp_problem()
-    dense, flat, unravel = _flat_hessian(loss_fn, params)
+    dense, flat, unravel = flat_hessian(loss_fn, params)
   else:
     params, loss_fn, dense = transformer["params"], transformer["loss_fn"], transformer["dense"]
     flat, unravel = jax.flatten_util.ravel_pytree(params)
@@ -101,7 +98,7 @@ def test_trace_is_the_same_linearized_and_across_batches():
   (batch, probe) pairs across batches (3 batches x 2 probes in chunks of 4: a chunk
   spans two batches and the last one is padded). A small MLP keeps the compiles cheap;
   both product paths are checked against the dense Hessian above."""
-  params, loss_fn, data = _population_problem(n=24)
+  params, loss_fn, data = population_problem(n=24)
   batches = [jax.tree.map(lambda a, i=i: a[8 * i:8 * (i + 1)], data) for i in range(3)]
   ests = [trace.hessian_trace(loss_fn, params, jax.random.key(6), batches=batches,
                               num_probes=2, chunk=4, hvp=m, across_batches=a)
@@ -142,20 +139,6 @@ def test_hutchinson_is_unbiased_and_its_error_shrinks(transformer):
   assert ests[512, "rademacher"].num_matvecs == 512
 
 
-def _population_problem(n=512, d=4, h=5, c=3):
-  """A tanh MLP and a finite 'population' of n examples: its mean-loss Hessian is exact."""
-  k = jax.random.split(jax.random.key(7), 5)
-  params = {"w1": jax.random.normal(k[0], (d, h)), "b1": jax.random.normal(k[1], (h,)),
-            "w2": jax.random.normal(k[2], (h, c))}
-  x = jax.random.normal(k[3], (n, d)) * jnp.exp(0.5 * jax.random.normal(k[4], (n, 1)))
-  y = jax.random.randint(jax.random.fold_in(k[3], 1), (n,), 0, c)
-
-  def loss_fn(p, batch):
-    lg = jnp.tanh(batch["x"] @ p["w1"] + p["b1"]) @ p["w2"]
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(lg), batch["y"][:, None], 1))
-  return params, loss_fn, dict(x=x, y=y)
-
-
 def test_trace_error_covers_the_draw_of_evaluation_batches():
   """Coverage: over independent evaluation seeds, (estimate - truth) / stderr ~ N(0, 1).
 
@@ -164,8 +147,8 @@ def test_trace_error_covers_the_draw_of_evaluation_batches():
   population's) and one probe per batch: the paper's scheme. The population error
   covers the batches; the error conditional on the batches does not, and undercovers.
   """
-  params, loss_fn, data = _population_problem()
-  exact = np.trace(_flat_hessian(lambda p: loss_fn(p, data), params)[0])
+  params, loss_fn, data = population_problem()
+  exact = np.trace(flat_hessian(lambda p: loss_fn(p, data), params)[0])
   z = {"population": [], "conditional": []}
   for seed in range(40):
     idx = np.random.default_rng(seed).integers(0, len(data["y"]), (16, 8))
@@ -184,7 +167,7 @@ def test_trace_error_covers_the_draw_of_evaluation_batches():
 
 
 def test_population_errors_need_independent_batches():
-  params, loss_fn, data = _population_problem(n=16)
+  params, loss_fn, data = population_problem(n=16)
   one = [data]
   with pytest.raises(ValueError, match="at least 2 independent batches"):
     trace.hessian_trace(loss_fn, params, jax.random.key(0), batches=one, error="population")
@@ -273,7 +256,7 @@ def test_fisher_equals_hessian_at_the_truth_and_not_elsewhere():
 
   lf = lambda p: (logits_fn(p, x), jnp.ones(x.shape[0]))
   for point, same in ((params, True), (jax.tree.map(lambda v: 0.3 * v, params), False)):
-    exact_h = np.trace(_flat_hessian(loss_at, point)[0])
+    exact_h = np.trace(flat_hessian(loss_at, point)[0])
     est = fisher.fisher_trace(lf, point, jax.random.key(0), num_samples=256, chunk=16)
     per_ex = fisher.fisher_trace(lambda p: (logits_fn(p, x[:200]), jnp.ones(200)), point,
                                  jax.random.key(0), num_samples=4, method="per_example")
@@ -305,7 +288,7 @@ def test_gradient_noise_equals_hessian_with_sampled_labels_and_vanishes_with_exa
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits_fn(p, x)), y[:, None], 1))
 
   for point, at_truth in ((params, True), (jax.tree.map(lambda v: 0.3 * v, params), False)):
-    exact_h = np.trace(_flat_hessian(loss_at, point)[0])
+    exact_h = np.trace(flat_hessian(loss_at, point)[0])
     noise = fisher.gradient_noise_trace(lf, point, jax.random.key(0), batches=batches,
                                         targets_fn=sampled, num_samples=64, chunk=16)
     clean = fisher.gradient_noise_trace(lf, point, jax.random.key(0), batches=batches,

@@ -38,8 +38,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # Per batch: probes (trace, ggn) or samples (fisher, sharpness_avg).
   # hvp: the products' order of differentiation (flatness.curvature.hessian.HVP_METHODS). With
   # several probes per batch (chunk >= 8), reverse_over_forward is the fastest on a CPU
-  # (1.37-2.00 gradients per product on 2 cores against 2.33-2.64 for the default;
-  # benchmarks.curvature). With one, the best method takes 2.07-2.94 gradients' time: a
+  # (1.37-2.00 gradients per product on 2 cores against 2.33-2.64 for the default: medians
+  # over one run's rounds, benchmarks.curvature; single rounds reach 2.15). With one, the
+  # best method takes 2.07-2.94 gradients' time (rounds up to 3.00): a
   # lone product does 2.6x a gradient's FLOPs by any method, a chunk's probes 2.0x each.
   c.trace = ml_collections.ConfigDict(dict(num_probes=1, method="hutchinson",
                                            probe="rademacher", chunk=8,
