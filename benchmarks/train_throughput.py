@@ -21,7 +21,9 @@ Default mode, one table per variant and per measure (the same batches, keys and 
   the batch transferred per step, JAX's own reverse-mode rules); ``now``: the trainer
   with ``train.steps_per_call = K`` (``--steps_per_call``: K steps per call in a
   `lax.scan`, keys folded inside) and ``train.fast_kernels = True`` (the model's
-  training kernels, `TransformerConfig.fast_grad`).
+  training kernels, `TransformerConfig.fast_grad`; the prediction columns masking never
+  fills dropped and the last block at the predicted positions only,
+  `train_step.trim_predictions`, `TransformerConfig.last_block_at_positions`).
 * ``step``: the jitted step alone on batches already on the device (``before``: one
   step per call; ``now``: one call of K steps, per step).
 
@@ -29,8 +31,11 @@ Default mode, one table per variant and per measure (the same batches, keys and 
 CPU with XLA's ``--xla_force_host_platform_device_count=N``, one device per core, each
 running its share of the batch, the gradients summed across them.
 
-GFLOP/s counts matrix products only (`flatness.model.flops`, the MLM head at
-``masking.max_predictions`` positions per sentence, as the step computes it). The peak is
+GFLOP/s counts the matrix products each variant executes (`flatness.model.flops`):
+``before`` the MLM head at ``masking.max_predictions`` positions per sentence, ``now`` at
+the `masking.max_selected` columns masking can fill, with the last block there only
+(`TransformerConfig.last_block_at_positions`), so ``now`` does fewer FLOPs per step
+for the same loss and gradient; tokens/s and steps/s compare the variants. The peak is
 measured (a 4096^3 float32 matmul in JAX on the same cores, best of a few) and, where the
 CPU is recognised, derived (cores x FLOP/cycle x clock). Tokens/s counts real tokens
 (words + [CLS] + [SEP]), as the trainer's ``perf/tokens_per_sec``. Rounds alternate the
@@ -177,7 +182,12 @@ def compare_loops(config_name: str, rounds: int, block: int) -> None:
   cfg = s.model_cfg
   spec = s.objective.spec
   batch = int(config.train.batch_size)
-  f_step = flops.train_step_flops(cfg, batch, spec.max_predictions)
+  # The matrix products each variant executes: "now" runs the head at the prediction
+  # columns masking can fill and the last block only there (`train_step.trim_predictions`).
+  fast_cfg = train_step_lib.training_objective(s.objective).model.cfg
+  f_steps = {"before": flops.train_step_flops(cfg, batch, spec.max_predictions),
+             "now": flops.train_step_flops(fast_cfg, batch,
+                                           masking.max_selected(cfg.seq_len, spec))}
   sample = [source.batch(i) for i in range(20)]
   tokens_per_step = float(np.mean([input_pipeline.num_tokens(b) for b in sample]))
 
@@ -231,8 +241,8 @@ def compare_loops(config_name: str, rounds: int, block: int) -> None:
   dev = jax.devices()[0]
   print(f"# {config_name}: {param_count(st_new.params):,} params, batch {batch}, seq_len "
         f"{cfg.seq_len}, hidden {cfg.hidden_size}, {cfg.num_layers} layers, vocab "
-        f"{cfg.vocab_size}; {f_step / 1e9:.3f} GFLOP/step (matmuls); "
-        f"{tokens_per_step:.0f} tokens/step")
+        f"{cfg.vocab_size}; GFLOP/step (matmuls) before {f_steps['before'] / 1e9:.3f}, now "
+        f"{f_steps['now'] / 1e9:.3f}; {tokens_per_step:.0f} tokens/step")
   print(f"# {jax.device_count()} x {dev.device_kind} ({dev.platform}); CPUs this process may "
         f"use: {sorted(os.sched_getaffinity(0))}; load average "
         f"{os.getloadavg()[0]:.2f}; K = {k} steps per call (now); meshes: before 1 device, "
@@ -250,6 +260,7 @@ def compare_loops(config_name: str, rounds: int, block: int) -> None:
       dt = statistics.median(times[f"{what}/{name}"])
       paired = [b / n for b, n in zip(times[f"{what}/before"], times[f"{what}/{name}"])]
       spread = f" [{min(paired):.2f}-{max(paired):.2f}]" if name == "now" else ""
+      f_step = f_steps[name]
       print(f"| {what} | {name} | {dt * 1e3:.2f} | {1 / dt:.1f} | {tokens_per_step / dt:,.0f} | "
             f"{f_step / dt / 1e9:.1f} | {100 * f_step / dt / peak:.1f}% | "
             f"{base / dt:.2f}x{spread} |")
@@ -283,8 +294,11 @@ def measure(preset: str, batch_size: int, steps: int, dtype: str, fast: bool) ->
     state, m = step(state, batch, jax.random.key(i))
   jax.block_until_ready(m)
   dt = (time.perf_counter() - start) / steps
-  preds = masking.MaskingSpec().max_predictions
-  f = flops.train_step_flops(cfg, batch_size, preds)
+  if fast:   # the products the fast step executes (fewer: `train_step.trim_predictions`)
+    f = flops.train_step_flops(train_step_lib.training_objective(objective).model.cfg,
+                               batch_size, masking.max_selected(_SEQ, objective.spec))
+  else:
+    f = flops.train_step_flops(cfg, batch_size, objective.spec.max_predictions)
   peak = flops.peak_flops(jax.devices()[0].device_kind)
   return dict(preset=preset, params=param_count(state.params), step_ms=dt * 1e3,
               tokens_per_s=batch_size * _SEQ / dt, tflops=f / dt / 1e12,

@@ -15,6 +15,19 @@ def test_num_predictions_follows_bert():
   assert masking.num_predictions(40, spec) == 5
 
 
+def test_max_selected_bounds_every_bert_mask():
+  # Every length, many draws: no weight beyond max_selected's column, and some sentence
+  # fills it (so trimming to it drops only columns of weight 0, and no more).
+  for s, spec in ((10, masking.MaskingSpec()), (32, masking.MaskingSpec()),
+                  (12, masking.MaskingSpec(rate=0.5, max_predictions=4)),
+                  (4, masking.MaskingSpec(max_predictions=2))):
+    p = masking.max_selected(s, spec)
+    lengths = np.tile(np.arange(0, s - 1), 50)
+    ids = tok.encode(np.full((len(lengths), s - 2), 3), lengths, s)
+    w = np.asarray(masking.bert_mask(jax.random.key(s), ids, lengths, spec, 20)["weights"])
+    assert not w[:, p:].any() and w[:, :p].sum(1).max() == p, (s, spec, p)
+
+
 def test_bert_mask_selection_and_replacement_rates():
   spec = masking.MaskingSpec()
   rng = np.random.default_rng(0)

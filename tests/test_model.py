@@ -1,4 +1,5 @@
 """The transformer: shapes, masking semantics, tying, parameter counts, FLOPs."""
+import dataclasses
 import math
 
 import jax
@@ -127,3 +128,10 @@ def test_flops_formula_counts_every_matmul(causal):
   assert forward == 3 * flops.forward_flops(cfg, slots)
   step = _matmul_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
   assert step == flops.train_step_flops(cfg, 3, slots)
+  # The last block at the predicted positions only (MLM; a causal model ignores it).
+  cfg = dataclasses.replace(cfg, last_block_at_positions=True)
+  objective = Objective(Transformer(cfg))
+  loss = lambda p: objective.loss(p, prepared)
+  forward = _matmul_flops(jax.make_jaxpr(loss)(params).jaxpr)
+  assert forward == 3 * flops.forward_flops(cfg, slots)
+  assert (forward < step / 3) != causal

@@ -133,7 +133,8 @@ def base() -> ml_collections.ConfigDict:
   c.train.steps_per_call = 1      # K > 1: up to K steps per jitted call (a lax.scan, the
                                   # step's key folded inside; calls end on log, eval and
                                   # checkpoint steps; SIGTERM honoured at the call's end)
-  c.train.fast_kernels = False    # the training step's kernels (TransformerConfig.fast_grad)
+  c.train.fast_kernels = False    # the training step's kernels (TransformerConfig.fast_grad,
+                                  # .last_block_at_positions; train_step.trim_predictions)
   return c
 
 

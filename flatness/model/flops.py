@@ -12,6 +12,10 @@ percent at these sizes):
                   + P * (H^2 + H V) ]   # MLM transform and output projection
   training step = 3 * forward           # backward costs twice the forward
 
+With ``TransformerConfig.last_block_at_positions`` (MLM) the last layer computes its
+keys and values at all ``S`` positions and the rest at the ``P`` predicted ones:
+``2 S H^2 + 2 P H^2 + 2 P S H + 2 P H F``.
+
 MFU = (training FLOPs per second) / (the accelerator's peak dense FLOP/s).
 """
 from flatness.model.transformer import TransformerConfig
@@ -32,9 +36,14 @@ PEAK_FLOPS = {
 
 
 def forward_flops(cfg: TransformerConfig, predictions: int) -> float:
+  """Matmul FLOPs of one sequence's forward pass, the head at ``predictions`` positions."""
   s, h, f, layers, v = cfg.seq_len, cfg.hidden_size, cfg.mlp_dim, cfg.num_layers, cfg.vocab_size
   per_layer = 4 * s * h * h + 2 * s * s * h + 2 * s * h * f
-  return 2.0 * (layers * per_layer + predictions * (h * h + h * v))
+  total = layers * per_layer + predictions * (h * h + h * v)
+  if cfg.last_block_at_positions and not cfg.causal:
+    p = predictions
+    total += (2 * s * h * h + 2 * p * h * h + 2 * p * s * h + 2 * p * h * f) - per_layer
+  return 2.0 * total
 
 
 def train_step_flops(cfg: TransformerConfig, batch_size: int, predictions: int) -> float:

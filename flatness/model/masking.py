@@ -59,6 +59,13 @@ def num_predictions_table(max_words: int, spec: MaskingSpec) -> np.ndarray:
   return np.array([num_predictions(n, spec) for n in range(max_words + 1)], np.int32)
 
 
+def max_selected(seq_len: int, spec: MaskingSpec) -> int:
+  """The most positions `bert_mask` selects in a sentence of ``seq_len`` positions: its
+  ``[B, P]`` outputs beyond this column have weight 0 in every batch (e.g. 2 of
+  ``max_predictions = 5`` for ``seq_len = 10``: ``round(0.15 * 10) = 2``)."""
+  return int(min(spec.max_predictions, num_predictions_table(seq_len, spec).max()))
+
+
 def bert_mask(rng, ids, lengths, spec: MaskingSpec, vocab_size: int):
   """Applies BERT masking to encoded sentences.
 

@@ -52,6 +52,14 @@ class TransformerConfig:
   # backend. Reverse mode only (a custom_vjp has no jvp: the curvature code's
   # forward-over-reverse products need it off, as it is by default).
   fast_grad: bool = False
+  # With ``positions`` (`Transformer.__call__`: the MLM loss's masked positions), run the
+  # last block's queries, attention output, residual and MLP only at those positions: the
+  # outputs elsewhere feed nothing, so logits, loss and every derivative are the same up to
+  # float32 rounding (its keys and values still see every position). Forward and reverse
+  # mode alike. Ignored where dropout is active (its masks would be drawn over another
+  # shape). The training step sets it with ``fast_grad``; off by default, the path of the
+  # README's measured runs.
+  last_block_at_positions: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "seq_len", "hidden_size", "num_layers", "num_heads",
@@ -135,15 +143,18 @@ class Attention(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, mask, deterministic: bool):
+  def __call__(self, x, mask, deterministic: bool, kv=None):
+    """Self-attention of ``x`` [B, S, H]; with ``kv`` [B, S, H], queries from ``x``
+    [B, Q, H] attend to ``kv`` (``mask`` [B, 1, Q or 1, S])."""
     cfg = self.cfg
+    kv = x if kv is None else kv
     dense = functools.partial(
         nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim),
         dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype),
         kernel_init=nn.initializers.normal(cfg.init_std))
     q = dense(name="query")(x)
-    k = dense(name="key")(x)
-    v = dense(name="value")(x)
+    k = dense(name="key")(kv)
+    v = dense(name="value")(kv)
     # Softmax in float32 (or float64 in x64 tests) whatever the compute dtype.
     acc = jnp.promote_types(jnp.float32, q.dtype)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=acc)
@@ -177,15 +188,29 @@ def _layer_norm(cfg: TransformerConfig, name: str):
                       param_dtype=_dtype(cfg.param_dtype), name=name)
 
 
+def _take(x, positions):
+  """``x`` [B, S, ...] at ``positions`` [B, P] -> [B, P, ...]."""
+  idx = positions.reshape(positions.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, idx, axis=1)
+
+
 class Block(nn.Module):
-  """Pre-LN transformer block."""
+  """Pre-LN transformer block; with ``positions`` [B, P], its output at those positions
+  only ([B, P, H]; keys and values still from every position)."""
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, mask, deterministic: bool):
+  def __call__(self, x, mask, deterministic: bool, positions=None):
     drop = nn.Dropout(self.cfg.dropout_rate)
-    h = Attention(self.cfg, name="attn")(_layer_norm(self.cfg, "attn_ln")(x), mask,
-                                         deterministic)
+    h_all = _layer_norm(self.cfg, "attn_ln")(x)
+    if positions is None:
+      h = Attention(self.cfg, name="attn")(h_all, mask, deterministic)
+    else:
+      if mask.shape[2] != 1:       # a mask per query (causal): the queries' rows
+        mask = jnp.take_along_axis(mask, positions[:, None, :, None], axis=2)
+      x = _take(x, positions)
+      h = Attention(self.cfg, name="attn")(_take(h_all, positions), mask, deterministic,
+                                           kv=h_all)
     x = x + drop(h, deterministic=deterministic)
     h = Mlp(self.cfg, name="mlp")(_layer_norm(self.cfg, "mlp_ln")(x))
     return x + drop(h, deterministic=deterministic)
@@ -228,22 +253,27 @@ class Transformer(nn.Module):
       mask = mask & jnp.tril(jnp.ones((s, s), bool))[None, None]
     return mask
 
-  def encode(self, ids, deterministic: bool = True):
+  def encode(self, ids, deterministic: bool = True, positions=None):
+    """Final hidden states [B, S, H]; with ``positions`` [B, P], [B, P, H] at those
+    positions."""
     x = self.token_embed(ids) + self.pos_embed[None, :ids.shape[1]].astype(_dtype(self.cfg.dtype))
     x = self.embed_drop(self.embed_ln(x), deterministic=deterministic)
     mask = self._mask(ids)
-    for layer in self.layers:
-      x = layer(x, mask, deterministic)
-    return self.final_ln(x)
+    cfg = self.cfg
+    no_dropout = deterministic or (cfg.dropout_rate == 0 and cfg.attention_dropout_rate == 0)
+    pruned = positions is not None and cfg.last_block_at_positions and no_dropout
+    for i, layer in enumerate(self.layers):
+      last = i == len(self.layers) - 1
+      x = layer(x, mask, deterministic, positions if (last and pruned) else None)
+    x = self.final_ln(x)
+    return _take(x, positions) if positions is not None and not pruned else x
 
   def pool(self, ids, deterministic: bool = True):
     h = self.encode(ids, deterministic)
     return jnp.tanh(self.pooler(h[:, 0]))
 
   def __call__(self, ids, positions=None, deterministic: bool = True):
-    h = self.encode(ids, deterministic)
-    if positions is not None:
-      h = jnp.take_along_axis(h, positions[..., None], axis=1)
+    h = self.encode(ids, deterministic, positions)
     # Make sure the pooler has parameters after `init`, as downstream heads use it.
     if self.is_initializing():
       self.pooler(h[:, 0])

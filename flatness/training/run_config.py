@@ -68,7 +68,7 @@ class TrainConfig:
   keep_every: int          # 0: none kept for ever
   prefetch: int
   steps_per_call: int      # 1: one jitted call per step; K: up to K steps in one call
-  fast_kernels: bool       # the training step's kernels (TransformerConfig.fast_grad)
+  fast_kernels: bool       # the training step's kernels (train_step.training_objective)
 
 
 def train_config(section) -> TrainConfig:

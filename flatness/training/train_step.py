@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flatness.model import masking
 from flatness.model.objectives import Objective
 
 
@@ -94,13 +95,28 @@ def _prepare(objective: Objective, targets, rng, batch) -> dict:
 
 def training_objective(objective: Objective) -> Objective:
   """``objective`` with the model's training-step kernels (`TransformerConfig.fast_grad`:
-  a custom weight-gradient rule for the dense layers, GELU by erf): the same
+  a custom weight-gradient rule for the dense layers, GELU by erf;
+  ``last_block_at_positions``: the last block only where the loss looks): the same
   loss and gradient to float32 rounding, faster on XLA's CPU backend; same params."""
   cfg = objective.model.cfg
-  if cfg.fast_grad:
+  if cfg.fast_grad and cfg.last_block_at_positions:
     return objective
-  fast = dataclasses.replace(cfg, fast_grad=True)
+  fast = dataclasses.replace(cfg, fast_grad=True, last_block_at_positions=True)
   return dataclasses.replace(objective, model=objective.model.clone(cfg=fast))
+
+
+_PER_PREDICTION = ("positions", "labels", "weights", "targets")
+
+
+def trim_predictions(objective: Objective, prepared: dict) -> dict:
+  """``prepared`` without the prediction columns BERT masking never selects at this
+  sequence length (`masking.max_selected`): they all have weight 0, so the loss and
+  its gradient are unchanged, and the head (and with ``last_block_at_positions`` the
+  last block) runs at fewer positions. Causal batches are returned as they are."""
+  if objective.causal or prepared.get("positions") is None:
+    return prepared
+  p = masking.max_selected(objective.model.cfg.seq_len, objective.spec)
+  return {k: (v[:, :p] if k in _PER_PREDICTION else v) for k, v in prepared.items()}
 
 
 def make_train_step(objective: Objective, tx: optax.GradientTransformationExtraArgs, *,
@@ -124,7 +140,8 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformationExtraA
       distributions (`data_gen.bert_targets.exact_targets`); None trains on the
       sampled words.
     fast_kernels: differentiate the model with its training-step kernels
-      (`training_objective`) and inline a single micro-batch; False (default): JAX's own
+      (`training_objective`), drop the prediction columns masking never fills
+      (`trim_predictions`) and inline a single micro-batch; False (default): JAX's own
       rules, the trajectory of the README's measured runs.
   """
   accum = grad_accum_steps
@@ -134,6 +151,8 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformationExtraA
   def step_fn(state: TrainState, batch, rng):
     mask_rng, drop_rng, extra_rng = jax.random.split(rng, 3)
     prepared = _prepare(objective, targets, mask_rng, batch)
+    if fast_kernels:
+      prepared = trim_predictions(objective, prepared)
     total_weight = jnp.maximum(jnp.sum(prepared["weights"]), 1.0)
     micro = _micro_batches((prepared, batch), accum)
     micro_objective = _micro_objective(objective, loss_transform, total_weight, drop_rng,
