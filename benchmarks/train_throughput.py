@@ -4,6 +4,8 @@ r"""Training throughput: step time, steps/s, tokens/s and GFLOP/s against the ma
   # timed in alternating blocks in one process; on a shared 2-core CPU pin it to a core:
   taskset -c 1 python -m benchmarks.train_throughput
   python -m benchmarks.train_throughput --config=pcfg_compact --rounds=10 --block=50
+  # What each piece of train.fast_kernels saves (the loss's gradient on one batch):
+  python -m benchmarks.train_throughput --ablation --rounds=10
   # "now" data-parallel over one CPU device per core (the default stays on one device):
   XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m benchmarks.train_throughput \
       --now_devices=2
@@ -80,6 +82,9 @@ _NOW_DEVICES = flags.DEFINE_integer("now_devices", 1,
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Global batch (sentences), presets only.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per preset (after one warm-up).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Activation dtype: float32 | bfloat16.")
+_ABLATION = flags.DEFINE_bool("ablation", False,
+                              "Instead: the loss gradient with the pieces of "
+                              "train.fast_kernels added one at a time.")
 _WORDS = 200
 _SEQ = 32
 
@@ -269,6 +274,59 @@ def compare_loops(config_name: str, rounds: int, block: int) -> None:
         f"(largest |param| {pmax:.2f})")
 
 
+# ---- What each piece of train.fast_kernels saves: the loss's gradient on one batch.
+
+def ablation(config_name: str, rounds: int, block: int) -> None:
+  """The gradient of the MLM loss on one ``pcfg_small`` batch, the pieces of
+  ``train.fast_kernels`` added one at a time, each variant timed for ``block`` calls per
+  round over ``rounds`` alternating rounds (the same params, batch and masks)."""
+  config = pretrain.get_config(config_name)
+  built = wiring.build(config, mesh=sharding.make_mesh(1))
+  s = built.setup
+  ref = s.objective
+  params = s.create_state(jax.random.key(0)).params
+  batch = sharding.global_batch(built.source().batch(0), s.mesh)
+  prepared = jax.jit(lambda b: ref.prepare(jax.random.key(1), b))(batch)
+
+  def with_cfg(**fields):
+    cfg = dataclasses.replace(ref.model.cfg, **fields)
+    return dataclasses.replace(ref, model=ref.model.clone(cfg=cfg))
+  fast = with_cfg(fast_grad=True)
+  full = train_step_lib.training_objective(ref)      # what train.fast_kernels runs
+  trimmed = train_step_lib.trim_predictions(full, prepared)
+  variants = {   # name: (objective, batch)
+      "JAX's rules (the default)": (ref, prepared),
+      "+ `fast_grad` (dense-layer rule, GELU by erf)": (fast, prepared),
+      f"+ prediction columns {prepared['positions'].shape[1]} -> "
+      f"{trimmed['positions'].shape[1]} (`trim_predictions`)": (fast, trimmed),
+      "+ last block at the predicted positions (`last_block_at_positions`)": (full, trimmed),
+  }
+  grads = {}
+  for name, (objective, b) in variants.items():
+    fn = jax.jit(jax.value_and_grad(lambda p, o=objective, b=b: o.loss(p, b)))
+    jax.block_until_ready(fn(params))
+    grads[name] = fn
+  times = {name: [] for name in variants}
+  for _ in range(rounds):
+    for name, fn in grads.items():
+      t0 = time.perf_counter()
+      for _ in range(block):
+        out = fn(params)
+      jax.block_until_ready(out)
+      times[name].append((time.perf_counter() - t0) / block)
+  base = times["JAX's rules (the default)"]
+  print(f"# {config_name}: the MLM loss's gradient on one batch of "
+        f"{prepared['ids'].shape[0]}; {rounds} rounds x {block} calls per variant, "
+        "alternating; speed-up: ratio of medians [range of the rounds' paired ratios]")
+  print("| loss gradient | ms | speed-up |")
+  print("|---|---|---|")
+  for name, ts in times.items():
+    paired = [b / t for b, t in zip(base, ts)]
+    print(f"| {name} | {statistics.median(ts) * 1e3:.2f} | "
+          f"{statistics.median(base) / statistics.median(ts):.2f}x "
+          f"[{min(paired):.2f}-{max(paired):.2f}] |")
+
+
 # ---- Size presets (accelerators): one jitted step.
 
 def measure(preset: str, batch_size: int, steps: int, dtype: str, fast: bool) -> dict:
@@ -325,6 +383,8 @@ def main(argv):
   del argv
   if _PRESETS.value:
     preset_table()
+  elif _ABLATION.value:
+    ablation(_CONFIG.value, _ROUNDS.value, _BLOCK.value)
   else:
     compare_loops(_CONFIG.value, _ROUNDS.value, _BLOCK.value)
 

@@ -190,8 +190,7 @@ def _layer_norm(cfg: TransformerConfig, name: str):
 
 def _take(x, positions):
   """``x`` [B, S, ...] at ``positions`` [B, P] -> [B, P, ...]."""
-  idx = positions.reshape(positions.shape + (1,) * (x.ndim - 2))
-  return jnp.take_along_axis(x, idx, axis=1)
+  return jnp.take_along_axis(x, positions[(...,) + (None,) * (x.ndim - 2)], axis=1)
 
 
 class Block(nn.Module):
