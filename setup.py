@@ -33,7 +33,8 @@ setuptools.setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "tensorboard>=2.15", "hmmlearn>=0.3", "nltk>=3.8"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboard>=2.15", "hmmlearn>=0.3",
+                 "nltk>=3.8"],
         "cuda": ["jax[cuda12]"],
         "cuda12": ["jax[cuda12]"],
         "cuda13": ["jax[cuda13]"],

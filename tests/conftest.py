@@ -19,9 +19,10 @@ from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-pos
 logging.set_verbosity(logging.WARNING)
 
 # Many tests build the same tiny computations from fresh closures; the persistent
-# compilation cache (keyed on the HLO) compiles each of them once per session.
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("FLATNESS_TEST_JAX_CACHE", tempfile.mkdtemp(prefix="jaxcache")))
+# compilation cache (keyed on the HLO) compiles each of them once per session. pytest-xdist's
+# workers (`-n 2`) inherit this process's environment, so they share one cache directory.
+os.environ.setdefault("FLATNESS_TEST_JAX_CACHE", tempfile.mkdtemp(prefix="jaxcache"))
+jax.config.update("jax_compilation_cache_dir", os.environ["FLATNESS_TEST_JAX_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
