@@ -20,6 +20,7 @@ import tempfile
 from absl import app
 from absl import flags
 
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
 def free_port() -> int:
@@ -28,11 +29,18 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def with_device_count(xla_flags: str, devices: int) -> str:
+  """``xla_flags`` with its fake-CPU-device count set to ``devices``; the user's other XLA
+  flags (dumps, optimisation levels) are kept."""
+  kept = [f for f in xla_flags.split() if not f.startswith(_DEVICE_COUNT_FLAG)]
+  return " ".join(kept + [f"{_DEVICE_COUNT_FLAG}={devices}"])
+
+
 def process_env(i: int, n: int, port: int, devices: int, base=None) -> dict:
   env = dict(os.environ if base is None else base)
   env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n),
              JAX_PROCESS_ID=str(i), JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=with_device_count(env.get("XLA_FLAGS", ""), devices))
   return env
 
 

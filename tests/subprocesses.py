@@ -5,14 +5,16 @@ import sys
 
 import jax
 
+from launch import local
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def env(devices: int = 1) -> dict:
   """A CPU environment with ``devices`` fake devices, sharing the test session's
-  persistent compilation cache, outside any multi-process launch."""
+  persistent compilation cache and XLA flags, outside any multi-process launch."""
   out = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             XLA_FLAGS=local.with_device_count(os.environ.get("XLA_FLAGS", ""), devices),
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "",
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

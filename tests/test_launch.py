@@ -157,3 +157,12 @@ def test_a_checkpoint_cut_off_mid_write_leaves_the_last_good_one(tmp_path):
   cut = wiring.train(c, str(tmp_path / "cut"), mesh=mesh)
   straight = wiring.train(c, str(tmp_path / "straight"), mesh=mesh)
   _assert_close(jax.device_get(cut.state.params), jax.device_get(straight.state.params))
+
+
+def test_each_process_keeps_the_users_xla_flags():
+  flags = "--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=8 --xla_cpu_foo=1"
+  env = local.process_env(1, 2, 1234, 3, base={"XLA_FLAGS": flags})
+  assert env["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/d", "--xla_cpu_foo=1",
+                                      "--xla_force_host_platform_device_count=3"]
+  assert local.process_env(0, 2, 1234, 1, base={})["XLA_FLAGS"] == (
+      "--xla_force_host_platform_device_count=1")

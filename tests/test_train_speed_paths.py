@@ -61,12 +61,16 @@ def test_last_block_at_positions_same_logits_and_derivatives(causal):
   lengths = np.array([7, 3, 5])
   ids = jnp.asarray(tok.encode(rng.integers(0, 15, (3, 7)), lengths, 9))
   positions = jnp.asarray(rng.integers(0, 9, (3, 4)), jnp.int32)
+  # Jitted, not eager: one compile per program rather than one per op.
   f = {m: (lambda p, m=m: m.apply({"params": p}, ids, positions)) for m in (full, pruned)}
-  np.testing.assert_allclose(f[pruned](params), f[full](params), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(f[pruned])(params), jax.jit(f[full])(params),
+                             rtol=1e-5, atol=1e-6)
   cot = jax.random.normal(jax.random.key(1), (3, 4, 20))
-  grads = {m: jax.grad(lambda p, g=g: jnp.sum(g(p) * cot))(params) for m, g in f.items()}
+  grads = {m: jax.jit(jax.grad(lambda p, g=g: jnp.sum(g(p) * cot)))(params)
+           for m, g in f.items()}
   tangent = jax.tree.map(lambda x: jnp.ones_like(x) / x.size, params)
-  jvps = {m: jax.jvp(g, (params,), (tangent,))[1] for m, g in f.items()}
+  jvps = {m: jax.jit(lambda p, t, g=g: jax.jvp(g, (p,), (t,))[1])(params, tangent)
+          for m, g in f.items()}
   scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads[full]))
   for a, b in zip(jax.tree.leaves(grads[full]), jax.tree.leaves(grads[pruned])):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * scale)
